@@ -1,0 +1,98 @@
+"""RunContext: what a training test sees of repro-check (the ``repro`` fixture).
+
+It carries the seeds of one replica and records its state step by step. It knows nothing of
+pytest, so the same object serves the plugin, the CLI and a notebook.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from repro_check.core.record import Recorder, check_recordable, RNGState, RunRecord
+from repro_check.core.seeding import GLOBAL_SOURCE, SeedPlan, forked_global_rngs, seed_everything
+from repro_check.core.seeding import seeded_generator, worker_init_fn
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_STEPS = 10
+
+
+class RunContext:
+    """One replica of one training test: its seeds, its step budget and its recorder.
+
+    ``recorder`` is None when nothing is compared (a plain ``pytest`` run): ``record`` then only
+    checks the types of what it is given, so a test that runs under ``--repro`` also runs, cheaply,
+    without it.
+    """
+
+    def __init__(
+        self,
+        plan: SeedPlan,
+        *,
+        steps: int = DEFAULT_STEPS,
+        replica: int = 0,
+        recorder: Recorder | None = None,
+        test_id: str = "",
+    ) -> None:
+        self.plan = plan
+        self.steps = steps
+        self.replica = replica
+        self.test_id = test_id
+        self.recorder = recorder
+        #: Names passed to seed_for() -- a sensitivity sweep over a source never asked for
+        #: measures nothing, and says so.
+        self.sources_used: set[str] = set()
+
+    @property
+    def seed(self) -> int:
+        """The root seed of this test: the single source of truth for every stream."""
+        return self.plan.root
+
+    def seed_for(self, name: str) -> int:
+        """An independent seed for one source of randomness (``init``, ``data``, ...)."""
+        self.sources_used.add(name)
+        return self.plan.seed_for(name)
+
+    def seed_globals(self) -> None:
+        """Seed ``random``, numpy's global RNG and torch from the ``global`` stream."""
+        seed_everything(self.plan.seed_for(GLOBAL_SOURCE))
+
+    def generator(self, name: str, device: str = "cpu") -> torch.Generator:
+        """A ``torch.Generator`` seeded from ``seed_for(name)``."""
+        return seeded_generator(self.seed_for(name), device)
+
+    def numpy_rng(self, name: str) -> np.random.Generator:
+        """A numpy ``Generator`` seeded from ``seed_for(name)``."""
+        return np.random.default_rng(self.seed_for(name))
+
+    @contextlib.contextmanager
+    def seeded(self, name: str) -> Iterator[None]:
+        """Run a block (``with repro.seeded("init"): model = Net()``) with the global RNGs
+        seeded from ``seed_for(name)``; the global streams are restored afterwards."""
+        with forked_global_rngs(self.seed_for(name)):
+            yield
+
+    def dataloader_kwargs(self, name: str = "data") -> dict[str, Any]:
+        """``generator`` and ``worker_init_fn`` for ``torch.utils.data.DataLoader``: shuffling
+        and every worker's ``random``/numpy/torch streams follow ``seed_for(name)``."""
+        return {"generator": self.generator(name), "worker_init_fn": worker_init_fn}
+
+    def rng_state(self) -> RNGState:
+        """A snapshot of the global RNG states: ``repro.record(step, rng=repro.rng_state())``."""
+        return RNGState()
+
+    def record(self, step: int, **state: Any) -> None:
+        """Record the state after one training step: modules, optimizers, schedulers, tensors,
+        numbers (as ``metric.<name>``) and RNG states. Only fingerprints are kept."""
+        if self.recorder is None:
+            check_recordable(step, state)
+            return
+        self.recorder.record(step, state)
+
+    def close(self) -> RunRecord | None:
+        return self.recorder.close() if self.recorder is not None else None

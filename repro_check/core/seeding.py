@@ -1,0 +1,119 @@
+"""One root seed, many independent streams.
+
+A test's root seed is derived from a base seed (``--repro-seed``) and the test id, so it is stable
+across machines and runs. ``seed_for(name)`` derives an independent stream per source of
+randomness (numpy ``SeedSequence`` with a spawn key per name), so that perturbing one source --
+``init``, ``data``, ``augment``, ``dropout`` -- leaves every other stream untouched. A
+``SeedPlan`` may carry per-source *perturbations* (used by sensitivity sweeps): perturbing a
+source changes its stream and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xxhash
+
+if TYPE_CHECKING:
+    import torch
+
+DEFAULT_BASE_SEED = 0
+#: Source whose stream seeds the global RNGs (random, numpy legacy, torch) before the test body.
+GLOBAL_SOURCE = "global"
+MAX_SEED = 2**63 - 1
+
+
+def _name_key(name: str) -> int:
+    return xxhash.xxh32_intdigest(name.encode("utf-8"))
+
+
+def root_seed_for_test(base_seed: int, test_id: str) -> int:
+    """The stable root seed of one test: a function of the base seed and the test id only."""
+    sequence = np.random.SeedSequence([base_seed & (2**64 - 1), _name_key(test_id)])
+    return int(sequence.generate_state(1, np.uint64)[0]) & MAX_SEED
+
+
+def derive_seed(root_seed: int, name: str, perturbation: int = 0) -> int:
+    """An independent 63-bit seed for stream ``name`` (and perturbation index) of ``root_seed``."""
+    spawn_key = (_name_key(name),) if perturbation == 0 else (_name_key(name), perturbation)
+    words = np.random.SeedSequence(root_seed, spawn_key=spawn_key).generate_state(2, np.uint64)
+    return int(words[0]) & MAX_SEED
+
+
+@dataclass(frozen=True)
+class SeedPlan:
+    """The root seed of a run and which sources, if any, are perturbed (and how)."""
+
+    root: int
+    perturbations: Mapping[str, int] = field(default_factory=dict)
+
+    def seed_for(self, name: str) -> int:
+        """The seed of source ``name``; ``"all"`` in perturbations perturbs every source."""
+        perturbation = self.perturbations.get(name, self.perturbations.get("all", 0))
+        return derive_seed(self.root, name, perturbation)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"root": self.root, "perturbations": dict(self.perturbations)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SeedPlan:
+        return cls(int(data["root"]), {str(k): int(v) for k, v in data["perturbations"].items()})
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python ``random``, numpy's legacy global RNG and torch (CPU and every CUDA device)."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device, lazily when CUDA initialises
+
+
+@contextlib.contextmanager
+def forked_global_rngs(seed: int) -> Iterator[None]:
+    """Run a block with all global RNGs seeded from ``seed``; restore their states afterwards."""
+    import torch
+
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=_cuda_devices_if_initialized()):
+        seed_everything(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _cuda_devices_if_initialized() -> list[int]:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return list(range(torch.cuda.device_count()))
+    return []
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader worker initialiser: seed ``random`` and numpy from the worker's torch seed.
+
+    PyTorch seeds each worker's torch RNG from the loader's generator; Python's and numpy's
+    global RNGs are left as forked copies of the parent's, so every worker would draw the same
+    augmentations. This is PyTorch's documented recipe (notes/randomness.html).
+    """
+    import torch
+
+    worker_seed = torch.initial_seed() % 2**32
+    np.random.seed(worker_seed)
+    random.seed(worker_seed)
+
+
+def seeded_generator(seed: int, device: str = "cpu") -> torch.Generator:
+    import torch
+
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    return generator
