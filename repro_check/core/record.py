@@ -216,7 +216,7 @@ class Recorder:
         self.run.bytes_fingerprinted += tensor.numel() * tensor.element_size()
         value = None
         if tensor.dim() == 0 and key.startswith(SCALAR_PREFIX):
-            value = float(tensor.real if tensor.is_complex() else tensor)
+            value = float((tensor.real if tensor.is_complex() else tensor).detach())
         spill = None
         if self._spill is not None and not self._spill.exhausted:
             identity = (fingerprint.digest, fingerprint.dtype, fingerprint.shape)

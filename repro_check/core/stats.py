@@ -329,7 +329,7 @@ def variance_shares(
 def binomial_noise_floor(accuracy: float, n_examples: int) -> float:
     """Std of an accuracy measured on ``n_examples`` i.i.d. test examples: sqrt(p(1-p)/n).
 
-    The binomial sampling noise of the test set alone (Bouthillier et al., MLSys 2021, sec. 2);
+    The binomial sampling noise of the test set alone (Bouthillier et al., MLSys 2021);
     seed-to-seed differences below this floor are indistinguishable from test-set noise.
     """
     p = float(accuracy)
@@ -614,7 +614,9 @@ def summarize_sources(
     }
     rows: list[dict[str, Any]] = []
     for metric in metrics:
-        per_source = {name: group[metric].to_numpy(dtype=np.float64) for name, group in groups.items()}
+        per_source = {
+            name: group[metric].to_numpy(dtype=np.float64) for name, group in groups.items()
+        }
         if reference in per_source:
             shares = variance_shares(per_source, reference=reference)
         else:

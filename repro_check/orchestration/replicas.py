@@ -1,0 +1,83 @@
+"""Replicas: what varies between runs of the same test, and their results.
+
+A :class:`ReplicaSpec` is the process-level environment of one replica (environment variables,
+thread count, ``PYTHONHASHSEED``). Later work adds *variants* (other thread counts, CPU
+capabilities, deterministic mode) as more specs -- the runner does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from repro_check.core.record import RunRecord
+
+
+@dataclass(frozen=True)
+class ReplicaSpec:
+    index: int
+    env: Mapping[str, str] = field(default_factory=dict)
+    num_threads: int | None = None
+    label: str = ""
+
+    def describe(self) -> str:
+        parts = [f"{k}={v}" for k, v in sorted(self.env.items())]
+        if self.num_threads is not None:
+            parts.append(f"threads={self.num_threads}")
+        return self.label or ", ".join(parts) or "default"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "env": dict(self.env),
+            "num_threads": self.num_threads,
+            "label": self.label,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ReplicaSpec:
+        return cls(int(data["index"]), dict(data["env"]), data["num_threads"], data["label"])
+
+
+def default_specs(runs: int, *, subprocess: bool) -> list[ReplicaSpec]:
+    """Identical replicas; in subprocesses each gets its own ``PYTHONHASHSEED``, because two
+    real reruns of a training script differ in it (and ``set`` iteration order with them)."""
+    if not subprocess:
+        return [ReplicaSpec(i, label=f"in-process run {i}") for i in range(runs)]
+    return [ReplicaSpec(i, env={"PYTHONHASHSEED": str(i)}) for i in range(runs)]
+
+
+@dataclass
+class ReplicaResult:
+    """One replica's outcome for one test."""
+
+    nodeid: str
+    replica: int
+    outcome: str  # "passed" | "failed" | "skipped" | "crashed"
+    error: str = ""
+    duration: float = 0.0
+    record: RunRecord | None = None
+    sources_used: list[str] = field(default_factory=list)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "nodeid": self.nodeid,
+            "replica": self.replica,
+            "outcome": self.outcome,
+            "error": self.error,
+            "duration": self.duration,
+            "record": self.record.to_json() if self.record else None,
+            "sources_used": self.sources_used,
+            "environment": self.environment,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ReplicaResult:
+        record = RunRecord.from_json(data["record"]) if data.get("record") else None
+        return cls(
+            data["nodeid"], int(data["replica"]), data["outcome"], data.get("error", ""),
+            float(data.get("duration", 0.0)), record, list(data.get("sources_used", [])),
+            dict(data.get("environment", {})),
+        )

@@ -1,0 +1,137 @@
+"""The verdict on one marked test: compare every replica with replica 0, say what differed.
+
+Replicas are compared one at a time against the reference, so the parent holds at most two
+replicas' fingerprints at once, however many replicas run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from repro_check.core.compare import Comparison, compare_runs
+from repro_check.core.record import RunRecord
+from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec
+
+IDENTICAL = "identical"
+DIVERGED = "diverged"
+STRUCTURAL = "structural"
+ERROR = "error"
+SKIPPED = "skipped"
+NOT_RECORDED = "not-recorded"
+SINGLE = "single-run"
+FAILING = frozenset({DIVERGED, STRUCTURAL, ERROR, NOT_RECORDED})
+
+
+@dataclass
+class TestVerdict:
+    nodeid: str
+    seed: int
+    base_seed: int
+    status: str
+    specs: list[ReplicaSpec]
+    steps: int = 0
+    keys: int = 0
+    bytes_fingerprinted: int = 0
+    duration: float = 0.0
+    other_replica: int | None = None  # the replica that differed from replica 0
+    comparison: Comparison | None = None
+    error: str = ""
+    diagnosis: str = ""
+    nonfinite: str = ""  # first NaN/inf seen in the reference replica, if any
+    rerun_command: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return self.status in FAILING
+
+    def first_divergence(self) -> str:
+        comparison = self.comparison
+        if comparison is None or comparison.identical:
+            return ""
+        if comparison.structural is not None:
+            s = comparison.structural
+            return f"structure ({s.kind}) at step {s.step}" if s.step is not None else s.kind
+        d = comparison.divergence
+        assert d is not None
+        return f"step {d.step}: {d.key}"
+
+    def to_json(self) -> dict[str, Any]:
+        comparison = self.comparison
+        return {
+            "nodeid": self.nodeid,
+            "seed": self.seed,
+            "base_seed": self.base_seed,
+            "status": self.status,
+            "replicas": [spec.to_json() for spec in self.specs],
+            "steps": self.steps,
+            "keys": self.keys,
+            "bytes_fingerprinted": self.bytes_fingerprinted,
+            "duration_s": round(self.duration, 4),
+            "compared_replica": self.other_replica,
+            "structural": comparison.structural.to_json()
+            if comparison and comparison.structural else None,
+            "divergence": comparison.divergence.to_json()
+            if comparison and comparison.divergence else None,
+            "error": self.error,
+            "diagnosis": self.diagnosis,
+            "nonfinite": self.nonfinite,
+            "rerun_command": self.rerun_command,
+            "notes": self.notes,
+        }
+
+
+def first_nonfinite(record: RunRecord) -> str:
+    for step in record.steps:
+        for key, entry in step.entries.items():
+            fp = entry.fingerprint
+            if fp.nan or fp.inf:
+                return f"step {step.step}, {key}: {fp.nan} NaN, {fp.inf} inf of {fp.numel}"
+    return ""
+
+
+def judge(
+    nodeid: str,
+    seed: int,
+    base_seed: int,
+    specs: list[ReplicaSpec],
+    results: Iterable[ReplicaResult],
+) -> TestVerdict:
+    """Compare the replicas' results (consumed one at a time) and decide."""
+    verdict = TestVerdict(nodeid, seed, base_seed, IDENTICAL, specs)
+    reference: ReplicaResult | None = None
+    for result in results:
+        verdict.duration += result.duration
+        if result.record is not None:
+            verdict.bytes_fingerprinted += result.record.bytes_fingerprinted
+        if result.outcome in ("failed", "crashed"):
+            verdict.status = ERROR
+            verdict.other_replica = result.replica
+            verdict.error = result.error
+            return verdict
+        if result.outcome == "skipped":
+            verdict.status = SKIPPED
+            verdict.error = result.error
+            return verdict
+        if result.record is None or not result.record.steps:
+            verdict.status = NOT_RECORDED
+            verdict.other_replica = result.replica
+            return verdict
+        if reference is None:
+            reference = result
+            verdict.steps = len(result.record.steps)
+            verdict.keys = len(result.record.keys)
+            verdict.nonfinite = first_nonfinite(result.record)
+            continue
+        assert reference.record is not None
+        comparison = compare_runs(reference.record, result.record)
+        if not comparison.identical:
+            verdict.comparison = comparison
+            verdict.other_replica = result.replica
+            verdict.status = STRUCTURAL if comparison.structural else DIVERGED
+            return verdict
+    if len(specs) < 2:
+        verdict.status = SINGLE
+    return verdict

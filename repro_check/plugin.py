@@ -1,0 +1,626 @@
+"""The pytest plugin: ``pytest --repro``.
+
+A thin adapter over the orchestration layer. Without ``--repro`` a ``@pytest.mark.repro`` test
+runs once, seeded, as a plain test. With it, every marked test runs as several replicas -- by
+default each in a fresh interpreter (one worker process per replica for the whole session) --
+and the parent compares what they recorded, step by step.
+
+Options live under one prefix (``--repro-*`` on the command line, ``repro_*`` in the ini file);
+``-p no:repro`` disables the plugin.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shlex
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from repro_check.core.atomic import read_json, write_json
+from repro_check.core.context import DEFAULT_STEPS, RunContext
+from repro_check.core.record import Recorder
+from repro_check.core.seeding import DEFAULT_BASE_SEED, SeedPlan, root_seed_for_test
+from repro_check.core.spill import SpillWriter
+from repro_check.orchestration.executor import (
+    ReplicaPool,
+    WorkerJob,
+    append_channel,
+    python_executable,
+    worker_env,
+)
+from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, default_specs
+from repro_check.orchestration.verdict import DIVERGED, SKIPPED, TestVerdict, judge
+from repro_check.report import failure_message, human_bytes, summary_table, write_reports
+
+MARKER = "repro"
+WORKER_SCHEMA = "repro-check/worker-spec"
+CACHE_KEY = "repro/base_seed"
+PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+
+context_key = pytest.StashKey[RunContext]()
+replica_key = pytest.StashKey[int]()
+reports_key = pytest.StashKey[list]()
+
+
+class ReproFailure(AssertionError):
+    """A marked test is not reproducible; its message is the whole report (no traceback)."""
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("repro", "repro-check: determinism verification")
+    group.addoption("--repro", action="store_true", default=False,
+                    help="run @pytest.mark.repro tests as replicas and compare them bitwise")
+    group.addoption("--repro-runs", type=int, default=None, metavar="N",
+                    help="replicas per test (default 2; ini repro_runs)")
+    group.addoption("--repro-seed", default=None, metavar="N|last|random",
+                    help=f"base seed; each test's root seed derives from it and the test id "
+                         f"(default {DEFAULT_BASE_SEED}; ini repro_seed)")
+    group.addoption("--repro-mode", choices=("subprocess", "inprocess"), default=None,
+                    help="replicas in fresh interpreters (default) or in this process (faster)")
+    group.addoption("--repro-jobs", type=int, default=None, metavar="N",
+                    help="replica processes run at once (default: one per replica, at most "
+                         "the CPU count)")
+    group.addoption("--repro-report", default=None, metavar="DIR",
+                    help="folder for report.json and report.md (default reports/; ini "
+                         "repro_report; 'none' to skip)")
+    group.addoption("--repro-spill-mb", type=int, default=None, metavar="MB",
+                    help="per-replica budget of raw tensor bytes kept for detailed diffs "
+                         "(default 512)")
+    group.addoption("--repro-worker", default=None, help=argparse_suppress())
+    parser.addini("repro_runs", "replicas per test under --repro", default="2")
+    parser.addini("repro_seed", "base seed (N, last or random)", default=str(DEFAULT_BASE_SEED))
+    parser.addini("repro_mode", "subprocess or inprocess", default="subprocess")
+    parser.addini("repro_report", "report folder", default="reports")
+    parser.addini("repro_spill_mb", "spill budget per replica in MB", default="512")
+
+
+def argparse_suppress() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+@dataclass
+class Options:
+    enabled: bool
+    runs: int
+    base_seed: int
+    seed_source: str
+    mode: str
+    jobs: int
+    report_dir: Path | None
+    spill_bytes: int
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> Options:
+        def pick(name: str) -> str:
+            value = config.getoption(f"repro_{name}")
+            return str(value) if value is not None else str(config.getini(f"repro_{name}"))
+
+        runs = _positive_int(pick("runs"), "--repro-runs")
+        seed_text = pick("seed").strip().lower()
+        if seed_text == "last":
+            cached = config.cache.get(CACHE_KEY, None) if getattr(config, "cache", None) else None
+            base_seed = int(cached) if cached is not None else DEFAULT_BASE_SEED
+        elif seed_text == "random":
+            base_seed = random.SystemRandom().randrange(2**32)
+        else:
+            try:
+                base_seed = int(seed_text)
+            except ValueError:
+                raise pytest.UsageError(
+                    f"--repro-seed={seed_text!r}: expected an integer, 'last' or 'random'"
+                ) from None
+        jobs_opt = config.getoption("repro_jobs")
+        jobs = _positive_int(str(jobs_opt), "--repro-jobs") if jobs_opt else min(
+            runs, os.cpu_count() or 1)
+        report = pick("report")
+        mode = pick("mode")
+        if mode not in ("subprocess", "inprocess"):
+            raise pytest.UsageError(f"repro_mode={mode!r}: expected subprocess or inprocess")
+        return cls(
+            enabled=bool(config.getoption("repro")),
+            runs=runs,
+            base_seed=base_seed,
+            seed_source=seed_text,
+            mode=mode,
+            jobs=jobs,
+            report_dir=None if report.lower() == "none" else Path(config.rootpath, report),
+            spill_bytes=_positive_int(pick("spill_mb"), "--repro-spill-mb", minimum=0) * 2**20,
+        )
+
+
+def _positive_int(text: str, flag: str, minimum: int = 1) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise pytest.UsageError(f"{flag}={text!r}: expected an integer") from None
+    if value < minimum:
+        raise pytest.UsageError(f"{flag}={value}: must be at least {minimum}")
+    return value
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "repro(steps=10): a training test whose recorded state must be reproducible "
+        "(run with --repro to replay it as replicas and compare them bitwise)",
+    )
+    worker_spec = config.getoption("repro_worker")
+    if worker_spec:
+        config.pluginmanager.register(WorkerSession(config, Path(worker_spec)), "repro-worker")
+        return
+    options = Options.from_config(config)
+    if options.enabled:
+        config.pluginmanager.register(ParentSession(config, options), "repro-session")
+    else:
+        config.pluginmanager.register(PlainSession(options), "repro-plain")
+
+
+def is_repro_item(item: pytest.Item) -> bool:
+    return item.get_closest_marker(MARKER) is not None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Using the fixture opts a test in, as the marker does.
+    for item in items:
+        if "repro" in getattr(item, "fixturenames", ()) and not is_repro_item(item):
+            item.add_marker(MARKER)
+
+
+def marker_steps(item: pytest.Item) -> int:
+    marker = item.get_closest_marker(MARKER)
+    steps = marker.kwargs.get("steps", DEFAULT_STEPS) if marker else DEFAULT_STEPS
+    if not isinstance(steps, int) or steps < 1:
+        raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.repro(steps={steps!r}) must be >= 1")
+    return steps
+
+
+@pytest.fixture
+def repro(request: pytest.FixtureRequest) -> RunContext:
+    """The RunContext of this replica: seeds (``seed``, ``seed_for``), ``steps``,
+    ``dataloader_kwargs()`` and ``record(step, **state)``."""
+    context = request.node.stash.get(context_key, None)
+    if context is None:  # plugin hooks were bypassed (e.g. the fixture used from a class scope)
+        raise RuntimeError("the repro fixture is only available to function-scoped tests")
+    return context
+
+
+class _SessionBase:
+    """Seeding shared by every kind of session: seeds are set before any fixture runs."""
+
+    base_seed: int
+
+    def make_recorder(self, item: pytest.Item) -> Recorder | None:
+        return None
+
+    def replica_index(self, item: pytest.Item) -> int:
+        return 0
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        if not is_repro_item(item):
+            return
+        plan = SeedPlan(root_seed_for_test(self.base_seed, item.nodeid), self.perturbations())
+        context = RunContext(
+            plan, steps=marker_steps(item), replica=self.replica_index(item),
+            recorder=self.make_recorder(item), test_id=item.nodeid,
+        )
+        item.stash[context_key] = context
+        context.seed_globals()
+
+    def perturbations(self) -> dict[str, int]:
+        return {}
+
+
+class PlainSession(_SessionBase):
+    """No ``--repro``: marked tests run once, seeded; ``record`` only checks types."""
+
+    def __init__(self, options: Options) -> None:
+        self.base_seed = options.base_seed
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+class WorkerSession(_SessionBase):
+    """Inside a replica process: run the listed tests, stream one result line per test."""
+
+    def __init__(self, config: pytest.Config, spec_path: Path) -> None:
+        spec = read_json(spec_path, schema=WORKER_SCHEMA, max_version=1)
+        self.config = config
+        self.spec = ReplicaSpec.from_json(spec["replica"])
+        self.base_seed = int(spec["base_seed"])
+        self.nodeids = set(spec["nodeids"])
+        self.channel = spec["channel"]
+        self._perturbations = {str(k): int(v) for k, v in spec.get("perturbations", {}).items()}
+        self.spill = SpillWriter(spec["spill_path"], int(spec["spill_bytes"]))
+        if self.spec.num_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.spec.num_threads)
+
+    def perturbations(self) -> dict[str, int]:
+        return self._perturbations
+
+    def replica_index(self, item: pytest.Item) -> int:
+        return self.spec.index
+
+    def make_recorder(self, item: pytest.Item) -> Recorder | None:
+        return Recorder(self.spill)
+
+    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        keep = [item for item in items if item.nodeid in self.nodeids]
+        dropped = [item for item in items if item.nodeid not in self.nodeids]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self._reports.append(report)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+        self._reports: list[pytest.TestReport] = []
+        started = time.perf_counter()
+        result = yield
+        context = item.stash.get(context_key, None)
+        outcome, error = outcome_of(self._reports)
+        replica = ReplicaResult(
+            item.nodeid, self.spec.index, outcome, error, time.perf_counter() - started,
+            record=context.close() if context else None,
+            sources_used=sorted(context.sources_used) if context else [],
+            environment=runtime_summary(),
+        )
+        append_channel(self.channel, replica.to_json())
+        return result
+
+    def pytest_unconfigure(self) -> None:
+        self.spill.close()
+
+
+def outcome_of(reports: list[pytest.TestReport]) -> tuple[str, str]:
+    for report in reports:
+        if report.failed:
+            return "failed", f"[{report.when}] {report.longreprtext}"
+    for report in reports:
+        if report.skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+            return "skipped", str(reason)
+    return "passed", ""
+
+
+def runtime_summary() -> dict[str, Any]:
+    """What decides the numbers of this process, in brief (the full snapshot is separate)."""
+    import sys
+
+    import torch
+
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "(random)"),
+    }
+
+
+# ----------------------------------------------------------------------------- parent side
+
+
+@dataclass
+class _ParentChain:
+    """Stands in for ``nextitem`` so that only the item's own (function-scoped) fixtures are
+    torn down between in-process replicas; module and session fixtures stay."""
+
+    chain: list[Any] = field(default_factory=list)
+
+    def listchain(self) -> list[Any]:
+        return self.chain
+
+
+class ParentSession(_SessionBase):
+    """``pytest --repro``: runs replicas, judges each marked test, reports."""
+
+    def __init__(self, config: pytest.Config, options: Options) -> None:
+        self.config = config
+        self.options = options
+        self.base_seed = options.base_seed
+        self.subprocess = options.mode == "subprocess"
+        self.specs = default_specs(options.runs, subprocess=self.subprocess)
+        self.verdicts: list[TestVerdict] = []
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="repro-check-"))
+        self.pool: ReplicaPool | None = None
+        self._inprocess_results: dict[str, list[ReplicaResult]] = {}
+        self._spills: dict[int, SpillWriter] = {}
+        self._report_paths: list[Path] = []
+        self._report_error = ""
+
+    # --- header
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        how = (
+            "fresh processes (" + "; ".join(s.describe() for s in self.specs) + ")"
+            if self.subprocess else "this process"
+        )
+        return [
+            f"repro-check: base seed {self.base_seed} (rerun with --repro-seed={self.base_seed}); "
+            f"{self.options.runs} replicas per test in {how}"
+        ]
+
+    # --- replica processes
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if not self.subprocess or session.config.option.collectonly:
+            return
+        if hasattr(session.config, "workerinput"):
+            return  # under xdist each test starts its own replicas (see _pool_for)
+        nodeids = [item.nodeid for item in session.items if is_repro_item(item)]
+        if nodeids:
+            self.pool = self._start_pool(nodeids, self.specs, "session")
+
+    def _start_pool(self, nodeids: list[str], specs: list[ReplicaSpec], tag: str) -> ReplicaPool:
+        from concurrent.futures import ThreadPoolExecutor
+
+        jobs = [self._worker_job(nodeids, spec, f"{tag}-{spec.index}") for spec in specs]
+        pool = ReplicaPool(jobs, ThreadPoolExecutor(max_workers=min(self.options.jobs, len(jobs))))
+        pool.start()
+        return pool
+
+    def _worker_job(self, nodeids: list[str], spec: ReplicaSpec, tag: str) -> WorkerJob:
+        config = self.config
+        folder = self.tmpdir / tag
+        folder.mkdir(parents=True, exist_ok=True)
+        spec_path = folder / "spec.json"
+        write_json(spec_path, {
+            "schema": WORKER_SCHEMA,
+            "schema_version": 1,
+            "replica": spec.to_json(),
+            "base_seed": self.base_seed,
+            "nodeids": nodeids,
+            "channel": str(folder / "channel.jsonl"),
+            "spill_path": str(folder / "spill.bin"),
+            "spill_bytes": self.options.spill_bytes,
+            "perturbations": self.perturbations(),
+        })
+        files = sorted({str(config.rootpath / nodeid.split("::")[0]) for nodeid in nodeids})
+        command = [
+            python_executable(), "-m", "pytest", *files,
+            f"--repro-worker={spec_path}", f"--rootdir={config.rootpath}",
+            "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly",
+            "-o", "addopts=", "-q", "--no-header", "-p", "no:warnings",
+            f"--import-mode={config.option.importmode}",
+        ]
+        if config.inipath is not None:
+            command.append(f"--config-file={config.inipath}")
+        if config.pluginmanager.get_plugin("repro") is None or os.environ.get(
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD"
+        ):
+            command += ["-p", "repro_check.plugin"]
+        return WorkerJob(
+            spec=spec, command=command, env=worker_env(spec, [PACKAGE_PARENT]),
+            cwd=str(config.invocation_params.dir), channel=folder / "channel.jsonl",
+            stdout=folder / "stdout.txt", stderr=folder / "stderr.txt",
+        )
+
+    # --- in-process replicas
+    def replica_index(self, item: pytest.Item) -> int:
+        return item.stash.get(replica_key, 0)
+
+    def make_recorder(self, item: pytest.Item) -> Recorder | None:
+        if self.subprocess:
+            return None  # the parent does not run the body; the workers record
+        index = self.replica_index(item)
+        if index not in self._spills:
+            self._spills[index] = SpillWriter(
+                self.tmpdir / f"inprocess-{index}.bin", self.options.spill_bytes)
+        return Recorder(self._spills[index])
+
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        if self.subprocess or not is_repro_item(item):
+            return None
+        from _pytest.runner import runtestprotocol
+
+        keep_parents = _ParentChain(item.listchain()[:-1])
+        results = self._inprocess_results[item.nodeid] = []
+        for index in range(len(self.specs) - 1):
+            item.stash[replica_key] = index
+            started = time.perf_counter()
+            reports = runtestprotocol(item, log=False, nextitem=keep_parents)  # type: ignore[arg-type]
+            results.append(self._inprocess_result(item, index, reports, started))
+        item.stash[replica_key] = len(self.specs) - 1
+        item.stash[reports_key] = [time.perf_counter()]
+        return None  # the default protocol runs (and reports) the last replica
+
+    def _inprocess_result(
+        self, item: pytest.Item, index: int, reports: list[pytest.TestReport], started: float
+    ) -> ReplicaResult:
+        context = item.stash.get(context_key, None)
+        outcome, error = outcome_of(reports)
+        return ReplicaResult(
+            item.nodeid, index, outcome, error, time.perf_counter() - started,
+            record=context.close() if context else None,
+            sources_used=sorted(context.sources_used) if context else [],
+        )
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Any:
+        result = yield  # in subprocess mode pytest_pyfunc_call below replaced the body
+        if not self.subprocess and is_repro_item(item):
+            last = len(self.specs) - 1
+            started = item.stash.get(reports_key, [time.perf_counter()])[0]
+            results = self._inprocess_results.pop(item.nodeid, [])
+            results.append(self._inprocess_result(item, last, [], started))
+            self._judge(item, iter(results))
+        return result
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
+        if not self.subprocess or not is_repro_item(pyfuncitem):
+            return None
+        pool = self.pool
+        own_pool = pool is None
+        if pool is None:  # xdist worker, or collected late: replicas just for this test
+            pool = self._start_pool([pyfuncitem.nodeid], self.specs, _slug(pyfuncitem.nodeid))
+        try:
+            results = (pool.result(pyfuncitem.nodeid, spec.index) for spec in self.specs)
+            self._judge(pyfuncitem, results)
+        finally:
+            if own_pool:
+                pool.close()
+        return True
+
+    # --- verdicts
+    def _judge(self, item: pytest.Item, results: Any) -> None:
+        plan_root = root_seed_for_test(self.base_seed, item.nodeid)
+        verdict = judge(item.nodeid, plan_root, self.base_seed, self.specs, results)
+        verdict.rerun_command = self.rerun_command(item)
+        if verdict.status == DIVERGED and self.subprocess:
+            verdict.diagnosis = self._diagnose_process_state(item, verdict)
+        self.verdicts.append(verdict)
+        item.user_properties.append(("repro_verdict", verdict.status))
+        item.user_properties.append(("repro_seed", str(verdict.seed)))
+        if verdict.first_divergence():
+            item.user_properties.append(("repro_first_divergence", verdict.first_divergence()))
+        if verdict.status == SKIPPED:
+            pytest.skip(f"skipped in the replicas: {verdict.error}")
+        if verdict.failed:
+            raise ReproFailure(failure_message(verdict))
+
+    def _diagnose_process_state(self, item: pytest.Item, verdict: TestVerdict) -> str:
+        """Rerun replica 0's process environment once more: if that control run matches
+        replica 0, only process-level state (hash randomisation) differs."""
+        from repro_check.core.compare import compare_runs
+
+        reference_spec = self.specs[0]
+        control = ReplicaSpec(len(self.specs), dict(reference_spec.env), reference_spec.num_threads,
+                              label=f"control: same process settings as replica 0")
+        pool = self._start_pool([item.nodeid], [control], f"control-{_slug(item.nodeid)}")
+        try:
+            control_result = pool.result(item.nodeid, control.index)
+        finally:
+            pool.close()
+        reference = self._reference_record(item, verdict)
+        if control_result.record is None or reference is None:
+            return ""
+        differing_env = sorted(
+            key for spec in self.specs for key in spec.env
+            if spec.env.get(key) != reference_spec.env.get(key)
+        )
+        if compare_runs(reference, control_result.record).identical:
+            return (
+                f"only process-level state differs: a control replica with replica 0's "
+                f"settings ({reference_spec.describe()}) reproduced replica 0 bit for bit, "
+                f"while replicas differing in {', '.join(differing_env) or 'process state'} "
+                f"diverged. With PYTHONHASHSEED this is hash randomisation: iteration over a "
+                f"set (or dict built from one) of str/bytes, or hash() of a string, decides "
+                f"something in the run. Sort before iterating (sorted(set_of_names))."
+            )
+        return (
+            "a control replica with replica 0's exact process settings also diverged from "
+            "it: the nondeterminism is inside the run (thread scheduling in an op, an "
+            "unseeded RNG, the data pipeline), not process-level state."
+        )
+
+    def _reference_record(self, item: pytest.Item, verdict: TestVerdict) -> Any:
+        # Replica 0's result was consumed by judge(); re-read it from its channel file.
+        from repro_check.orchestration.executor import ChannelReader
+
+        channel = (self.tmpdir / "session-0" / "channel.jsonl")
+        if not channel.exists():
+            channel = self.tmpdir / f"{_slug(item.nodeid)}-0" / "channel.jsonl"
+        for document in ChannelReader(channel).poll():
+            if document["nodeid"] == item.nodeid:
+                return ReplicaResult.from_json(document).record
+        return None
+
+    def rerun_command(self, item: pytest.Item) -> str:
+        path, _, rest = item.nodeid.partition("::")
+        relative = os.path.relpath(self.config.rootpath / path, self.config.invocation_params.dir)
+        target = relative + ("::" + rest if rest else "")
+        parts = ["pytest", "--repro", f"--repro-seed={self.base_seed}",
+                 f"--repro-runs={self.options.runs}"]
+        if not self.subprocess:
+            parts.append("--repro-mode=inprocess")
+        return " ".join(parts + [shlex.quote(target)])
+
+    # --- summary and reports
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.verdicts:
+            return
+        terminalreporter.section("repro summary")
+        terminalreporter.write_line(summary_table(self.verdicts))
+        total = sum(v.bytes_fingerprinted for v in self.verdicts)
+        failed = sum(v.failed for v in self.verdicts)
+        terminalreporter.write_line(
+            f"{len(self.verdicts)} tests, {failed} not reproducible or failing; "
+            f"{human_bytes(total)} fingerprinted; base seed {self.base_seed}"
+        )
+        for verdict in self.verdicts:
+            if verdict.nonfinite and not verdict.failed:
+                terminalreporter.write_line(
+                    f"warning: {verdict.nodeid} reproducibly produced non-finite values "
+                    f"(first: {verdict.nonfinite})", yellow=True)
+        if self._report_paths:
+            terminalreporter.write_line("report: " + ", ".join(map(str, self._report_paths)))
+        if self._report_error:
+            terminalreporter.write_line(self._report_error, red=True)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        for spill in self._spills.values():
+            spill.close()
+        if getattr(self.config, "cache", None) is not None:
+            self.config.cache.set(CACHE_KEY, self.base_seed)
+        if self.verdicts and self.options.report_dir is not None:
+            try:
+                self._report_paths = write_reports(
+                    self.options.report_dir, self.verdicts, session=self.session_info())
+            except OSError as exc:
+                self._report_error = (
+                    f"repro-check: could not write the report to {self.options.report_dir}: "
+                    f"{exc.strerror or exc}; choose another folder with --repro-report=DIR"
+                )
+
+    def session_info(self) -> dict[str, Any]:
+        args = self.config.invocation_params.args
+        return {
+            "command": " ".join(["pytest", *map(shlex.quote, args)]),
+            "base_seed": self.base_seed,
+            "runs": self.options.runs,
+            "mode": self.options.mode,
+            "replicas": [spec.to_json() for spec in self.specs],
+            "environment": runtime_summary(),
+        }
+
+    def pytest_unconfigure(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+        report = yield
+        if call.excinfo is not None and isinstance(call.excinfo.value, ReproFailure):
+            report.longrepr = str(call.excinfo.value)
+        return report
+
+
+def _slug(nodeid: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(nodeid.encode()).hexdigest()[:12]

@@ -1,0 +1,212 @@
+"""Rendering: failure messages, the terminal ``repro summary`` and the report files.
+
+The failure message is the product: what differed, where (step, key, element), by how much, how
+it grew, and the exact command that reruns the case.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tabulate import tabulate
+
+from repro_check.core.atomic import atomic_write_text, write_json
+from repro_check.core.compare import Divergence
+from repro_check.orchestration.verdict import (
+    DIVERGED,
+    ERROR,
+    NOT_RECORDED,
+    SKIPPED,
+    STRUCTURAL,
+    TestVerdict,
+)
+
+REPORT_SCHEMA = "repro-check/report"
+REPORT_SCHEMA_VERSION = 1
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def _replica_label(verdict: TestVerdict, index: int | None) -> str:
+    if index is None or index >= len(verdict.specs):
+        return f"replica {index}"
+    return f"replica {index} ({verdict.specs[index].describe()})"
+
+
+def failure_message(verdict: TestVerdict) -> str:
+    """The text shown when a marked test fails under ``--repro``."""
+    lines: list[str] = []
+    head = f"repro-check: {verdict.nodeid}"
+    if verdict.status == ERROR:
+        lines.append(
+            f"{head}: {_replica_label(verdict, verdict.other_replica)} raised an error "
+            f"(this is a failure of the test itself, not nondeterminism):"
+        )
+        lines.append(_indent(verdict.error.rstrip() or "(no error text)", "  | "))
+    elif verdict.status == NOT_RECORDED:
+        lines.append(
+            f"{head}: {_replica_label(verdict, verdict.other_replica)} recorded nothing, so "
+            f"there is nothing to compare. Call repro.record(step, model=model, "
+            f"optimizer=opt, loss=loss) in the training loop."
+        )
+    elif verdict.comparison is not None and verdict.status in (DIVERGED, STRUCTURAL):
+        reference = _replica_label(verdict, 0)
+        other = _replica_label(verdict, verdict.other_replica)
+        lines.append(f"{head} is not reproducible")
+        lines.append(f"  {other} differs from {reference}; seed {verdict.seed}")
+        if verdict.comparison.structural is not None:
+            s = verdict.comparison.structural
+            lines.append(f"  structural mismatch: {s.message}")
+            lines.append(
+                "  (the replicas did different work -- control flow, number of steps or "
+                "recorded state depends on something nondeterministic)"
+            )
+        else:
+            assert verdict.comparison.divergence is not None
+            lines.extend(_divergence_lines(verdict.comparison.divergence))
+    if verdict.diagnosis:
+        lines.append("  diagnosis: " + verdict.diagnosis)
+    for note in verdict.notes:
+        lines.append("  note: " + note)
+    lines.append("  rerun this case:")
+    lines.append("    " + verdict.rerun_command)
+    return "\n".join(lines)
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
+
+
+def _divergence_lines(d: Divergence) -> list[str]:
+    lines = [
+        f"  first divergence: step {d.step}, {d.key} ({d.dtype}, shape {tuple(d.shape)})",
+    ]
+    if d.detail is not None:
+        lines.append(d.detail.describe("    "))
+    else:
+        lines.append(f"    {d.detail_unavailable}")
+    ref_nan, ref_inf, other_nan, other_inf = d.nonfinite
+    if ref_nan or ref_inf or other_nan or other_inf:
+        lines.append(
+            f"    non-finite values: reference {ref_nan} NaN / {ref_inf} inf, "
+            f"other {other_nan} NaN / {other_inf} inf"
+        )
+    others = [k for k in d.keys_differing if k != d.key]
+    if others:
+        shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
+        lines.append(
+            f"    also differing at step {d.step}: {len(others)} of {d.keys_total - 1} other keys "
+            f"({shown})"
+        )
+    else:
+        lines.append(f"    every other key ({d.keys_total - 1}) is still bitwise equal at step {d.step}")
+    if d.growth:
+        lines.append("  how the divergence grows:")
+        metric_names = list(d.growth[0].metrics)
+        headers = ["step", "keys differing", f"max abs diff {d.key}"] + [
+            f"{name} (ref / other)" for name in metric_names
+        ]
+        rows = []
+        for row in d.growth:
+            cells: list[Any] = [
+                row.step,
+                f"{row.keys_differing}/{row.keys_total}",
+                "n/a" if row.max_abs is None else f"{row.max_abs:.3g}",
+            ]
+            for name in metric_names:
+                a, b = row.metrics.get(name, (None, None))
+                cells.append(f"{_num(a)} / {_num(b)}")
+            rows.append(cells)
+        lines.append(_indent(tabulate(rows, headers=headers, tablefmt="simple"), "    "))
+    return lines
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.9g}"
+
+
+SUMMARY_HEADERS = [
+    "test", "replicas", "steps", "tensors", "fingerprinted", "verdict", "first divergence",
+]
+
+
+def summary_rows(verdicts: Sequence[TestVerdict]) -> list[list[Any]]:
+    rows = []
+    for v in verdicts:
+        status = v.status
+        if v.status == SKIPPED:
+            status = "skipped"
+        elif v.nonfinite and not v.failed:
+            status += " (NaN/inf)"
+        rows.append([
+            v.nodeid, len(v.specs), v.steps, v.keys, human_bytes(v.bytes_fingerprinted),
+            status, v.first_divergence() or ("-" if not v.error else v.error.splitlines()[0][:60]),
+        ])
+    return rows
+
+
+def summary_table(verdicts: Sequence[TestVerdict], tablefmt: str = "simple") -> str:
+    return tabulate(summary_rows(verdicts), headers=SUMMARY_HEADERS, tablefmt=tablefmt)
+
+
+def report_document(
+    verdicts: Sequence[TestVerdict], *, session: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "schema": REPORT_SCHEMA,
+        "schema_version": REPORT_SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "session": session,
+        "totals": {
+            "tests": len(verdicts),
+            "failed": sum(v.failed for v in verdicts),
+            "identical": sum(v.status == "identical" for v in verdicts),
+        },
+        "tests": [v.to_json() for v in verdicts],
+    }
+
+
+def markdown_report(verdicts: Sequence[TestVerdict], document: dict[str, Any]) -> str:
+    session = document["session"]
+    lines = [
+        "# repro-check report",
+        "",
+        f"- created: {document['created']}",
+        f"- command: `{session.get('command', '')}`",
+        f"- base seed: {session.get('base_seed')}",
+        f"- replicas: {session.get('runs')} ({session.get('mode')})",
+        "",
+        summary_table(verdicts, tablefmt="github"),
+        "",
+    ]
+    environment = session.get("environment") or {}
+    if environment:
+        lines += ["## Environment", ""]
+        lines += [f"- {key}: {value}" for key, value in environment.items()]
+        lines.append("")
+    failures = [v for v in verdicts if v.failed or v.diagnosis]
+    if failures:
+        lines += ["## Failures", ""]
+        for v in failures:
+            lines += [f"### {v.nodeid}", "", "```", failure_message(v), "```", ""]
+    return "\n".join(lines)
+
+
+def write_reports(
+    directory: Path, verdicts: Sequence[TestVerdict], *, session: dict[str, Any]
+) -> list[Path]:
+    """Write report.json and report.md atomically; returns the paths written."""
+    document = report_document(verdicts, session=session)
+    json_path, md_path = directory / "report.json", directory / "report.md"
+    write_json(json_path, document)
+    atomic_write_text(md_path, markdown_report(verdicts, document))
+    return [json_path, md_path]
