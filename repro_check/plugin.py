@@ -458,8 +458,8 @@ class ParentSession(_SessionBase):
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
         result = yield  # in subprocess mode pytest_pyfunc_call below replaced the body
-        if not self.subprocess and is_repro_item(item):
-            last = len(self.specs) - 1
+        last = len(self.specs) - 1
+        if not self.subprocess and is_repro_item(item) and self.replica_index(item) == last:
             started = item.stash.get(reports_key, [time.perf_counter()])[0]
             results = self._inprocess_results.pop(item.nodeid, [])
             results.append(self._inprocess_result(item, last, [], started))

@@ -7,9 +7,13 @@ PLANTED = Path(__file__).parent / "nondeterministic"
 
 
 def pytest_ignore_collect(collection_path, config):
-    if collection_path != PLANTED:
+    path = Path(collection_path)
+    if path != PLANTED and PLANTED not in path.parents:
         return None
     named = [Path(str(arg).split("::")[0]).resolve() for arg in config.args]
-    if any(path == PLANTED or PLANTED in path.parents for path in named):
+    # Collect a planted path only if it was named, lies inside a named folder, or holds a
+    # named file.
+    inside = [n for n in named if n == PLANTED or PLANTED in n.parents]
+    if any(n == path or n in path.parents or path in n.parents for n in inside):
         return None
     return True
