@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Imported lazily so that `repro-check --help` does not pay for torch.
-COMMAND_MODULES = ("env",)
+COMMAND_MODULES = ("env", "checkpoint")
 
 
 def build_parser() -> argparse.ArgumentParser:

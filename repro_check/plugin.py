@@ -42,6 +42,7 @@ from repro_check.report import failure_message, human_bytes, summary_table, writ
 MARKER = "repro"
 WORKER_SCHEMA = "repro-check/worker-spec"
 CACHE_KEY = "repro/base_seed"
+UNLIMITED_SPILL = 2**62  # checkpoints need every tensor of the last step
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 context_key = pytest.StashKey[RunContext]()
@@ -76,6 +77,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--repro-spill-mb", type=int, default=None, metavar="MB",
                     help="per-replica budget of raw tensor bytes kept for detailed diffs "
                          "(default 512)")
+    group.addoption("--repro-save-checkpoints", action="store_true", default=False,
+                    help="save each replica's last recorded step as safetensors + JSON "
+                         "manifest under REPORT_DIR/checkpoints/")
     group.addoption("--repro-worker", default=None, help=argparse_suppress())
     parser.addini("repro_runs", "replicas per test under --repro", default="2")
     parser.addini("repro_seed", "base seed (N, last or random)", default=str(DEFAULT_BASE_SEED))
@@ -100,6 +104,7 @@ class Options:
     jobs: int
     report_dir: Path | None
     spill_bytes: int
+    save_checkpoints: bool
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Options:
@@ -136,7 +141,9 @@ class Options:
             mode=mode,
             jobs=jobs,
             report_dir=None if report.lower() == "none" else Path(config.rootpath, report),
-            spill_bytes=_positive_int(pick("spill_mb"), "--repro-spill-mb", minimum=0) * 2**20,
+            spill_bytes=UNLIMITED_SPILL if config.getoption("repro_save_checkpoints")
+            else _positive_int(pick("spill_mb"), "--repro-spill-mb", minimum=0) * 2**20,
+            save_checkpoints=bool(config.getoption("repro_save_checkpoints")),
         )
 
 
@@ -485,6 +492,8 @@ class ParentSession(_SessionBase):
     # --- verdicts
     def _judge(self, item: pytest.Item, results: Any) -> None:
         plan_root = root_seed_for_test(self.base_seed, item.nodeid)
+        if self.options.save_checkpoints and self.options.report_dir is not None:
+            results = self._saving_checkpoints(results, plan_root)
         verdict = judge(item.nodeid, plan_root, self.base_seed, self.specs, results)
         verdict.rerun_command = self.rerun_command(item)
         if verdict.status == DIVERGED and self.subprocess:
@@ -498,6 +507,20 @@ class ParentSession(_SessionBase):
             pytest.skip(f"skipped in the replicas: {verdict.error}")
         if verdict.failed:
             raise ReproFailure(failure_message(verdict))
+
+    def _saving_checkpoints(self, results: Any, seed: int) -> Any:
+        from repro_check.orchestration.checkpoints import save_last_step
+
+        assert self.options.report_dir is not None
+        for result in results:
+            if result.record is not None and result.record.steps:
+                save_last_step(
+                    self.options.report_dir / "checkpoints", result,
+                    {"seed": seed, "base_seed": self.base_seed,
+                     "replica_spec": self.specs[result.replica].to_json()
+                     if result.replica < len(self.specs) else {}},
+                )
+            yield result
 
     def _diagnose_process_state(self, item: pytest.Item, verdict: TestVerdict) -> str:
         """Rerun replica 0's process environment once more: if that control run matches
