@@ -191,9 +191,7 @@ def _run_requirements(args: argparse.Namespace) -> int:
 
     try:
         snapshot = (
-            environment.load(args.file)
-            if args.file
-            else environment.capture(include_packages=True)
+            environment.load(args.file) if args.file else environment.capture(include_packages=True)
         )
         text = environment.requirements(snapshot)
     except environment.StoredFileError as exc:

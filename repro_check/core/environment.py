@@ -408,7 +408,9 @@ def _cpu_static() -> dict[str, Any]:
 
 def _cpu_info() -> dict[str, Any]:
     info = dict(_cpu_static())
-    info["affinity_cores"] = _guard(lambda: len(os.sched_getaffinity(0)))
+    info["affinity_cores"] = (
+        _guard(lambda: len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else None
+    )
     info["capability"] = _guard(lambda: _torch().backends.cpu.get_cpu_capability())
     return info
 
