@@ -311,19 +311,14 @@ def outcome_of(reports: list[pytest.TestReport]) -> tuple[str, str]:
 
 
 def runtime_summary() -> dict[str, Any]:
-    """What decides the numbers of this process, in brief (the full snapshot is separate)."""
-    import sys
+    """What decides the numbers of this process, in brief, with the full snapshot's hash."""
+    from repro_check.core import environment
 
-    import torch
-
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        "PYTHONHASHSEED": os.environ.get("PYTHONHASHSEED", "(random)"),
-    }
+    snapshot = environment.capture(include_packages=False)
+    summary = environment.summary(snapshot)
+    summary["env_vars"] = snapshot.get("env_vars", {})
+    summary["snapshot_hash"] = environment.snapshot_hash(snapshot)
+    return summary
 
 
 # ----------------------------------------------------------------------------- parent side
@@ -592,7 +587,7 @@ class ParentSession(_SessionBase):
             f"{human_bytes(total)} fingerprinted; base seed {self.base_seed}"
         )
         for verdict in self.verdicts:
-            if verdict.nonfinite and not verdict.failed:
+            if verdict.nonfinite and not verdict.failed:  # reproducible, yet worth knowing
                 terminalreporter.write_line(
                     f"warning: {verdict.nodeid} reproducibly produced non-finite values "
                     f"(first: {verdict.nonfinite})", yellow=True)
@@ -613,11 +608,19 @@ class ParentSession(_SessionBase):
             try:
                 self._report_paths = write_reports(
                     self.options.report_dir, self.verdicts, session=self.session_info())
+                self._report_paths.append(self._write_environment(self.options.report_dir))
             except OSError as exc:
                 self._report_error = (
                     f"repro-check: could not write the report to {self.options.report_dir}: "
                     f"{exc.strerror or exc}; choose another folder with --repro-report=DIR"
                 )
+
+    def _write_environment(self, directory: Path) -> Path:
+        from repro_check.core import environment
+
+        path = directory / "environment.json"
+        environment.save(environment.capture(repo_dir=str(self.config.rootpath)), path)
+        return path
 
     def session_info(self) -> dict[str, Any]:
         args = self.config.invocation_params.args
@@ -628,6 +631,7 @@ class ParentSession(_SessionBase):
             "mode": self.options.mode,
             "replicas": [spec.to_json() for spec in self.specs],
             "environment": runtime_summary(),
+            "environment_file": "environment.json",
         }
 
     def pytest_unconfigure(self) -> None:

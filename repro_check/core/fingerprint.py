@@ -7,6 +7,7 @@ fingerprinting every recorded tensor costs about as much as one copy of it (DESI
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -60,6 +61,10 @@ def raw_bytes(tensor: torch.Tensor) -> np.ndarray:
     import torch
 
     t = tensor.detach()
+    if t.device.type == "cpu" and t.layout == torch.strided and t.is_contiguous() and not (
+        t.is_quantized or t.is_conj() or t.is_neg()
+    ):  # the fast path: no copy, no resolve
+        return t.reshape(-1).view(torch.uint8).numpy()
     if t.is_quantized:
         t = t.int_repr()
     if t.layout != torch.strided:
@@ -73,13 +78,19 @@ def raw_bytes(tensor: torch.Tensor) -> np.ndarray:
 
 
 def nonfinite_counts(tensor: torch.Tensor) -> tuple[int, int]:
-    """(NaN count, inf count); one reduction in the common all-finite case."""
+    """(NaN count, inf count).
+
+    A finite sum proves there is no NaN or inf; ``sum`` reads at memory speed without allocating,
+    where ``isfinite(t).all()`` is ~15x slower. Only when the sum is not finite (NaN/inf present,
+    or finite values overflowed) are the elements counted one by one.
+    """
     import torch
 
     t = tensor.detach()
     if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
         return 0, 0
-    if bool(torch.isfinite(t).all()):
+    total = t.sum().item()
+    if math.isfinite(abs(total)):
         return 0, 0
     return int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
 
@@ -91,11 +102,20 @@ def fingerprint_bytes(data: Any) -> str:
 
 def fingerprint_tensor(tensor: torch.Tensor, *, count_nonfinite: bool = True) -> Fingerprint:
     """Fingerprint a tensor of any dtype, shape (0-d and empty included) and layout of strides."""
+    return fingerprint_with_bytes(tensor, count_nonfinite=count_nonfinite)[0]
+
+
+def fingerprint_with_bytes(
+    tensor: torch.Tensor, *, count_nonfinite: bool = True
+) -> tuple[Fingerprint, np.ndarray]:
+    """The fingerprint and the raw bytes it was computed from (to spill without a second pass)."""
+    data = raw_bytes(tensor)
     nan, inf = nonfinite_counts(tensor) if count_nonfinite else (0, 0)
-    return Fingerprint(
-        digest=fingerprint_bytes(raw_bytes(tensor)),
+    fingerprint = Fingerprint(
+        digest=fingerprint_bytes(data),
         dtype=dtype_name(tensor.dtype),
         shape=tuple(tensor.shape),
         nan=nan,
         inf=inf,
     )
+    return fingerprint, data

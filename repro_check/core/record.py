@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from repro_check.core.fingerprint import Fingerprint, fingerprint_tensor, raw_bytes
+from repro_check.core.fingerprint import Fingerprint, fingerprint_with_bytes
 from repro_check.core.spill import SpillRef, SpillWriter
 
 SCALAR_PREFIX = "metric."
@@ -212,15 +212,15 @@ class Recorder:
 
     def _entry(self, key: str, leaf: Any) -> Entry:
         tensor = as_tensor(leaf)
-        fingerprint = fingerprint_tensor(tensor)
-        self.run.bytes_fingerprinted += tensor.numel() * tensor.element_size()
+        fingerprint, data = fingerprint_with_bytes(tensor)
+        self.run.bytes_fingerprinted += data.nbytes
         value = None
         if tensor.dim() == 0 and key.startswith(SCALAR_PREFIX):
             value = float((tensor.real if tensor.is_complex() else tensor).detach())
         spill = None
         if self._spill is not None and not self._spill.exhausted:
             identity = (fingerprint.digest, fingerprint.dtype, fingerprint.shape)
-            spill = self._spill.write(identity, raw_bytes(tensor))
+            spill = self._spill.write(identity, data)
             self.run.spill_exhausted = self._spill.exhausted
         return Entry(fingerprint, value, spill)
 
