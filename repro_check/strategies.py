@@ -246,6 +246,19 @@ def _numpy_array(draw: Any, dtype_name: str, shape: tuple[int, ...], finite: dic
     return draw(hnp.arrays(np_dtype, shape, elements=elements))
 
 
+def _special_values(dtype: torch.dtype, finite: dict[str, bool]) -> list[float]:
+    """Edge values of a floating dtype: NaN, +-inf, -0, subnormal, smallest normal, +-max."""
+    import torch
+
+    real = dtype.to_real() if dtype.is_complex else dtype
+    info = torch.finfo(real)
+    smallest_subnormal = torch.nextafter(torch.zeros((), dtype=real), torch.ones((), dtype=real))
+    values = [float("nan")] if finite["allow_nan"] else []
+    if finite["allow_infinity"]:
+        values += [float("inf"), float("-inf")]
+    return values + [-0.0, float(smallest_subnormal), info.tiny, info.max, -info.max]
+
+
 @st.composite
 def _tensors(
     draw: Any,
@@ -272,7 +285,14 @@ def _tensors(
 
     def make(base_shape: tuple[int, ...]) -> torch.Tensor:
         array = _numpy_array(draw, name, base_shape, finite)
-        return torch.from_numpy(array.copy()).to(dtype)
+        base = torch.from_numpy(array.copy()).to(dtype)
+        if (base.is_floating_point() or base.is_complex()) and base.numel() > 0:
+            # Hypothesis rarely puts NaN/inf/-0/subnormals in an array: plant one, often
+            specials = _special_values(dtype, finite)
+            if draw(st.booleans()):
+                flat = base.view(-1)
+                flat[draw(st.integers(0, flat.numel() - 1))] = draw(st.sampled_from(specials))
+        return base
 
     if layout == "contiguous":
         return make(shape)
