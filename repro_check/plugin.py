@@ -36,7 +36,17 @@ from repro_check.orchestration.executor import (
     worker_env,
 )
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, default_specs
-from repro_check.orchestration.verdict import DIVERGED, SKIPPED, TestVerdict, judge
+from repro_check.orchestration.baseline import DEFAULT_ATOL, DEFAULT_RTOL
+from repro_check.orchestration.verdict import (
+    BASELINE_MISMATCH,
+    BASELINE_MISSING,
+    DIVERGED,
+    IDENTICAL,
+    SINGLE,
+    SKIPPED,
+    TestVerdict,
+    judge,
+)
 from repro_check.report import failure_message, human_bytes, summary_table, write_reports
 
 MARKER = "repro"
@@ -80,12 +90,30 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--repro-save-checkpoints", action="store_true", default=False,
                     help="save each replica's last recorded step as safetensors + JSON "
                          "manifest under REPORT_DIR/checkpoints/")
+    group.addoption("--repro-update", action="store_true", default=False,
+                    help="write or accept the baselines of the tests that run (they pass)")
+    group.addoption("--repro-baseline", choices=("check", "off"), default=None,
+                    help="compare with committed baselines (default check; ini repro_baseline)")
+    group.addoption("--repro-baseline-dir", default=None, metavar="DIR",
+                    help="keep baselines under DIR (relative to the rootdir) instead of "
+                         "repro_baselines/ beside each test file")
+    group.addoption("--repro-atol", type=float, default=None,
+                    help="absolute tolerance when environments differ (ini repro_atol)")
+    group.addoption("--repro-rtol", type=float, default=None,
+                    help="relative tolerance when environments differ (ini repro_rtol)")
     group.addoption("--repro-worker", default=None, help=argparse_suppress())
     parser.addini("repro_runs", "replicas per test under --repro", default="2")
     parser.addini("repro_seed", "base seed (N, last or random)", default=str(DEFAULT_BASE_SEED))
     parser.addini("repro_mode", "subprocess or inprocess", default="subprocess")
     parser.addini("repro_report", "report folder", default="reports")
     parser.addini("repro_spill_mb", "spill budget per replica in MB", default="512")
+    parser.addini("repro_baseline", "check or off", default="check")
+    parser.addini("repro_baseline_dir", "folder for baselines (default: beside the tests)",
+                  default="")
+    parser.addini("repro_atol", "absolute tolerance across environments",
+                  default=str(DEFAULT_ATOL))
+    parser.addini("repro_rtol", "relative tolerance across environments",
+                  default=str(DEFAULT_RTOL))
 
 
 def argparse_suppress() -> str:
@@ -105,6 +133,11 @@ class Options:
     report_dir: Path | None
     spill_bytes: int
     save_checkpoints: bool
+    update: bool = False
+    baseline: str = "check"
+    baseline_dir: str = ""
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Options:
@@ -144,7 +177,28 @@ class Options:
             spill_bytes=UNLIMITED_SPILL if config.getoption("repro_save_checkpoints")
             else _positive_int(pick("spill_mb"), "--repro-spill-mb", minimum=0) * 2**20,
             save_checkpoints=bool(config.getoption("repro_save_checkpoints")),
+            update=bool(config.getoption("repro_update")),
+            baseline=_choice(pick("baseline"), ("check", "off"), "repro_baseline"),
+            baseline_dir=pick("baseline_dir"),
+            atol=_non_negative_float(pick("atol"), "repro_atol"),
+            rtol=_non_negative_float(pick("rtol"), "repro_rtol"),
         )
+
+
+def _choice(text: str, choices: tuple[str, ...], name: str) -> str:
+    if text not in choices:
+        raise pytest.UsageError(f"{name}={text!r}: expected one of {', '.join(choices)}")
+    return text
+
+
+def _non_negative_float(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise pytest.UsageError(f"{name}={text!r}: expected a number") from None
+    if not value >= 0:
+        raise pytest.UsageError(f"{name}={value}: must be >= 0")
+    return value
 
 
 def _positive_int(text: str, flag: str, minimum: int = 1) -> int:
@@ -290,7 +344,7 @@ class WorkerSession(_SessionBase):
             item.nodeid, self.spec.index, outcome, error, time.perf_counter() - started,
             record=context.close() if context else None,
             sources_used=sorted(context.sources_used) if context else [],
-            environment=runtime_summary(),
+            environment=runtime_snapshot(),
         )
         append_channel(self.channel, replica.to_json())
         return result
@@ -310,11 +364,19 @@ def outcome_of(reports: list[pytest.TestReport]) -> tuple[str, str]:
     return "passed", ""
 
 
-def runtime_summary() -> dict[str, Any]:
+def runtime_snapshot() -> dict[str, Any]:
+    """The environment snapshot of this process (packages left out: they are in the report's
+    environment.json, and listing them costs more than a training step)."""
+    from repro_check.core import environment
+
+    return environment.capture(include_packages=False)
+
+
+def runtime_summary(snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
     """What decides the numbers of this process, in brief, with the full snapshot's hash."""
     from repro_check.core import environment
 
-    snapshot = environment.capture(include_packages=False)
+    snapshot = snapshot or runtime_snapshot()
     summary = environment.summary(snapshot)
     summary["env_vars"] = snapshot.get("env_vars", {})
     summary["snapshot_hash"] = environment.snapshot_hash(snapshot)
@@ -350,6 +412,7 @@ class ParentSession(_SessionBase):
         self._inprocess_results: dict[str, list[ReplicaResult]] = {}
         self._spills: dict[int, SpillWriter] = {}
         self._report_paths: list[Path] = []
+        self._baselines_used: set[Path] = set()
         self._report_error = ""
 
     # --- header
@@ -455,6 +518,7 @@ class ParentSession(_SessionBase):
             item.nodeid, index, outcome, error, time.perf_counter() - started,
             record=context.close() if context else None,
             sources_used=sorted(context.sources_used) if context else [],
+            environment=runtime_snapshot() if index == 0 else {},
         )
 
     @pytest.hookimpl(wrapper=True)
@@ -491,8 +555,12 @@ class ParentSession(_SessionBase):
             results = self._saving_checkpoints(results, plan_root)
         verdict = judge(item.nodeid, plan_root, self.base_seed, self.specs, results)
         verdict.rerun_command = self.rerun_command(item)
+        verdict.accept_command = self.accept_command(item)
         if verdict.status == DIVERGED and self.subprocess:
             verdict.diagnosis = self._diagnose_process_state(item, verdict)
+        if verdict.status in (IDENTICAL, SINGLE) and self.options.baseline != "off":
+            self._baseline_stage(item, verdict)
+        verdict.reference = None  # drop the record: memory stays flat across tests
         self.verdicts.append(verdict)
         item.user_properties.append(("repro_verdict", verdict.status))
         item.user_properties.append(("repro_seed", str(verdict.seed)))
@@ -502,6 +570,50 @@ class ParentSession(_SessionBase):
             pytest.skip(f"skipped in the replicas: {verdict.error}")
         if verdict.failed:
             raise ReproFailure(failure_message(verdict))
+
+    def _baseline_stage(self, item: pytest.Item, verdict: TestVerdict) -> None:
+        """Write the baseline (--repro-update) or compare the run with it."""
+        from repro_check.core.atomic import StoredFileError
+        from repro_check.orchestration import baseline as bl
+
+        reference = verdict.reference
+        assert reference is not None and reference.record is not None
+        path = bl.baseline_path(self.config.rootpath, item.nodeid, self.options.baseline_dir)
+        self._baselines_used.add(path)
+        shown = os.path.relpath(path, self.config.invocation_params.dir)
+        atol, rtol = self.tolerances(item)
+        snapshot = reference.environment or runtime_snapshot()
+        if self.options.update:
+            bl.write_baseline(path, bl.build_baseline(
+                item.nodeid, verdict.seed, self.base_seed, reference.record, snapshot,
+                (atol, rtol)))
+            verdict.baseline = {"path": shown, "action": "written"}
+            return
+        if not path.exists():
+            verdict.status = BASELINE_MISSING
+            verdict.baseline = {"path": shown, "action": "missing"}
+            return
+        try:
+            document = bl.load_baseline(path)
+        except StoredFileError as exc:
+            verdict.status = BASELINE_MISMATCH
+            verdict.baseline = {"path": shown, "action": "unreadable", "error": str(exc)}
+            return
+        check = bl.check_baseline(document, reference.record, snapshot, atol, rtol)
+        verdict.baseline = {"path": shown, "action": "checked", "created": document.get("created"),
+                            **check.to_json()}
+        if check.failed:
+            verdict.status = BASELINE_MISMATCH
+
+    def tolerances(self, item: pytest.Item) -> tuple[float, float]:
+        """Marker ``atol``/``rtol`` first, then the command line, then the ini file."""
+        marker = item.get_closest_marker(MARKER)
+        kwargs = marker.kwargs if marker else {}
+        return (float(kwargs.get("atol", self.options.atol)),
+                float(kwargs.get("rtol", self.options.rtol)))
+
+    def accept_command(self, item: pytest.Item) -> str:
+        return f"pytest --repro --repro-update {shlex.quote(self._target(item))}"
 
     def _saving_checkpoints(self, results: Any, seed: int) -> Any:
         from repro_check.orchestration.checkpoints import save_last_step
@@ -564,10 +676,13 @@ class ParentSession(_SessionBase):
                 return ReplicaResult.from_json(document).record
         return None
 
-    def rerun_command(self, item: pytest.Item) -> str:
+    def _target(self, item: pytest.Item) -> str:
         path, _, rest = item.nodeid.partition("::")
         relative = os.path.relpath(self.config.rootpath / path, self.config.invocation_params.dir)
-        target = relative + ("::" + rest if rest else "")
+        return relative + ("::" + rest if rest else "")
+
+    def rerun_command(self, item: pytest.Item) -> str:
+        target = self._target(item)
         parts = ["pytest", "--repro", f"--repro-seed={self.base_seed}",
                  f"--repro-runs={self.options.runs}"]
         if not self.subprocess:
@@ -591,6 +706,10 @@ class ParentSession(_SessionBase):
                 terminalreporter.write_line(
                     f"warning: {verdict.nodeid} reproducibly produced non-finite values "
                     f"(first: {verdict.nonfinite})", yellow=True)
+        for path in self._unused_baselines():
+            terminalreporter.write_line(
+                f"unused baseline (no collected test uses it; delete it if the test is gone): "
+                f"{os.path.relpath(path, self.config.invocation_params.dir)}", yellow=True)
         if self._report_paths:
             terminalreporter.write_line("report: " + ", ".join(map(str, self._report_paths)))
         if self._report_error:
@@ -604,6 +723,8 @@ class ParentSession(_SessionBase):
             spill.close()
         if getattr(self.config, "cache", None) is not None:
             self.config.cache.set(CACHE_KEY, self.base_seed)
+        if self.verdicts:
+            self._write_step_summary()
         if self.verdicts and self.options.report_dir is not None:
             try:
                 self._report_paths = write_reports(
@@ -614,6 +735,28 @@ class ParentSession(_SessionBase):
                     f"repro-check: could not write the report to {self.options.report_dir}: "
                     f"{exc.strerror or exc}; choose another folder with --repro-report=DIR"
                 )
+
+    def _unused_baselines(self) -> list[Path]:
+        """Like syrupy's unused snapshots -- only when whole files were collected unfiltered."""
+        from repro_check.orchestration.baseline import find_unused
+
+        option = self.config.option
+        filtered = getattr(option, "keyword", "") or getattr(option, "markexpr", "") or any(
+            "::" in str(arg) for arg in self.config.args)
+        if filtered or self.options.baseline == "off" or not self._baselines_used:
+            return []
+        return find_unused({p.parent for p in self._baselines_used}, self._baselines_used)
+
+    def _write_step_summary(self) -> None:
+        """Append the summary to GitHub Actions' job summary when it is available."""
+        target = os.environ.get("GITHUB_STEP_SUMMARY")
+        if not target:
+            return
+        try:
+            with open(target, "a", encoding="utf-8") as handle:
+                handle.write("## repro-check\n\n" + summary_table(self.verdicts, "github") + "\n\n")
+        except OSError:
+            pass
 
     def _write_environment(self, directory: Path) -> Path:
         from repro_check.core import environment

@@ -16,6 +16,8 @@ from tabulate import tabulate
 from repro_check.core.atomic import atomic_write_text, write_json
 from repro_check.core.compare import Divergence
 from repro_check.orchestration.verdict import (
+    BASELINE_MISMATCH,
+    BASELINE_MISSING,
     DIVERGED,
     ERROR,
     NOT_RECORDED,
@@ -58,6 +60,13 @@ def failure_message(verdict: TestVerdict) -> str:
             f"there is nothing to compare. Call repro.record(step, model=model, "
             f"optimizer=opt, loss=loss) in the training loop."
         )
+    elif verdict.status == BASELINE_MISSING:
+        lines.append(f"{head}: no baseline at {verdict.baseline.get('path')}")
+        lines.append("  the replicas agree; create the baseline (and commit it):")
+        lines.append("    " + verdict.accept_command)
+        return "\n".join(lines)
+    elif verdict.status == BASELINE_MISMATCH:
+        lines.extend(_baseline_lines(head, verdict))
     elif verdict.comparison is not None and verdict.status in (DIVERGED, STRUCTURAL):
         reference = _replica_label(verdict, 0)
         other = _replica_label(verdict, verdict.other_replica)
@@ -79,7 +88,34 @@ def failure_message(verdict: TestVerdict) -> str:
         lines.append("  note: " + note)
     lines.append("  rerun this case:")
     lines.append("    " + verdict.rerun_command)
+    if verdict.status == BASELINE_MISMATCH:
+        lines.append("  accept the change (rewrite the baseline, then commit it):")
+        lines.append("    " + verdict.accept_command)
     return "\n".join(lines)
+
+
+def _baseline_lines(head: str, verdict: TestVerdict) -> list[str]:
+    b = verdict.baseline
+    if b.get("action") == "unreadable":
+        return [f"{head}: the baseline {b.get('path')} cannot be used:", f"  {b.get('error')}"]
+    lines = [
+        f"{head} no longer matches its baseline",
+        f"  baseline: {b.get('path')} (created {b.get('created')}); the replicas agree with "
+        f"each other",
+        f"  comparison: {b.get('mode')} -- {b.get('reason')}",
+    ]
+    lines += ["  " + line.strip() if not line.startswith("    ") else line
+              for line in b.get("detail", [])]
+    differences = b.get("env_differences") or []
+    if differences:
+        lines.append("  environment changes since the baseline (determinism-relevant):")
+        lines += [f"    {d}" for d in differences[:12]]
+        if len(differences) > 12:
+            lines.append(f"    ... and {len(differences) - 12} more (repro-check env diff)")
+    else:
+        lines.append("  environment: unchanged in every determinism-relevant way, so the code or "
+                     "the data changed the numbers")
+    return lines
 
 
 def _indent(text: str, prefix: str) -> str:
@@ -135,8 +171,17 @@ def _num(x: float | None) -> str:
 
 
 SUMMARY_HEADERS = [
-    "test", "replicas", "steps", "tensors", "fingerprinted", "verdict", "first divergence",
+    "test", "replicas", "steps", "tensors", "fingerprinted", "verdict", "baseline",
+    "first divergence",
 ]
+
+
+def baseline_cell(v: TestVerdict) -> str:
+    b = v.baseline
+    action = b.get("action")
+    if action == "checked":
+        return f"{b.get('status')} ({b.get('mode')})"
+    return action or "-"
 
 
 def summary_rows(verdicts: Sequence[TestVerdict]) -> list[list[Any]]:
@@ -149,7 +194,7 @@ def summary_rows(verdicts: Sequence[TestVerdict]) -> list[list[Any]]:
             status += " (NaN/inf)"
         rows.append([
             v.nodeid, len(v.specs), v.steps, v.keys, human_bytes(v.bytes_fingerprinted),
-            status, v.first_divergence() or ("-" if not v.error else v.error.splitlines()[0][:60]),
+            status, baseline_cell(v), v.first_divergence() or ("-" if not v.error else v.error.splitlines()[0][:60]),
         ])
     return rows
 

@@ -69,7 +69,9 @@ class TensorSig(NamedTuple):
     content changed afterwards outside the dispatcher). Outputs have ``origin="traced"`` and
     ``origin_event`` = their own event. ``cls`` is the tensor subclass / layout name for
     anything that is not a plain strided tensor, else ``None``; ``hash`` is 0 when the content
-    could not be read (meta tensors, exotic subclasses).
+    could not be read (meta tensors, exotic subclasses) and for ``cls="uninitialized"``: the
+    output of ``aten::empty``-like ops (and views of it), and inputs that still hold those
+    garbage bytes, whose content is meaningless and may differ between runs.
     """
 
     hash: int
@@ -142,6 +144,18 @@ _NUMPY_DTYPES = {
     torch.complex128,
 }
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+# dtypes hashed through a zero-copy numpy view (complex goes the slow way: conj/neg bits)
+_FAST_DTYPES = {
+    d: str(d).replace("torch.", "") for d in _NUMPY_DTYPES if not d.is_complex
+}
+_DTYPE_NAMES: dict[Any, str] = {}
+
+
+def _dtype_name(dtype: Any) -> str:
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = sys.intern(str(dtype).replace("torch.", ""))
+    return name
 
 
 def _content_hash(t: torch.Tensor) -> tuple[int, str | None]:
@@ -190,20 +204,34 @@ def _bytes_of(t: torch.Tensor) -> Any:
     return t.contiguous().reshape(-1).view(torch.uint8).numpy()
 
 
+def _data_ptr(t: torch.Tensor) -> int:
+    try:
+        return t.data_ptr()
+    except Exception:
+        return -1
+
+
 def _flatten(obj: Any, out: list[Any]) -> None:
-    """Leaves of aten arguments / results: tensors, scalars, lists thereof (depth <= 2)."""
-    if isinstance(obj, (list, tuple)):
-        for o in obj:
+    """Leaves of aten arguments / results: tensors, scalars, (nested) lists of them.
+
+    Aten schemas nest at most a list inside the argument tuple, so this plain loop replaces
+    ``torch.utils._pytree`` (several times slower per op).
+    """
+    for o in obj if isinstance(obj, (list, tuple)) else (obj,):
+        if isinstance(o, (list, tuple)):
             _flatten(o, out)
-    else:
-        out.append(obj)
+        else:
+            out.append(o)
 
 
 _SCALAR_TYPES = (int, float, bool, complex, str, type(None), torch.dtype, torch.device)
 
 
+_REPR_TYPES = frozenset(_SCALAR_TYPES + (torch.layout, torch.memory_format))
+
+
 def _scalar_repr(x: Any) -> str:
-    if isinstance(x, _SCALAR_TYPES) or isinstance(x, (torch.layout, torch.memory_format)):
+    if type(x) in _REPR_TYPES or isinstance(x, _SCALAR_TYPES):
         return repr(x)
     return type(x).__name__  # Generator, SymInt, ...: the type only (no addresses)
 
@@ -234,14 +262,33 @@ def _is_flag_type(t: Any) -> bool:
     return str(t) in _FLAG_TYPES
 
 
+# Ops whose output is uninitialised memory: their content is garbage, not a result.
+_UNINIT_OPS = frozenset(
+    {
+        "aten::empty",
+        "aten::empty_like",
+        "aten::empty_strided",
+        "aten::empty_permuted",
+        "aten::new_empty",
+        "aten::new_empty_strided",
+    }
+)
+
+
 class _OpInfo:
-    __slots__ = ("op", "overload", "random", "mutated", "flag_pos")
+    __slots__ = ("op", "overload", "random", "mutated", "flag_pos", "uninit", "view", "out_names")
 
     def __init__(self, func: Any) -> None:
         schema = func._schema
         self.op: str = sys.intern(schema.name)
         self.overload: str = sys.intern(func._overloadname)
         self.random: bool = torch.Tag.nondeterministic_seeded in func.tags
+        self.uninit: bool = self.op in _UNINIT_OPS
+        self.view: bool = bool(getattr(func, "is_view", False))
+        # out= arguments are written, not read: their old content is not an input
+        self.out_names = frozenset(
+            a.name for a in schema.arguments if a.kwarg_only and getattr(a, "is_out", False)
+        )
         # (position, name) of arguments the op writes to (in-place / out=): outputs too.
         mutated = []
         flags = []
@@ -324,6 +371,7 @@ class OpTracer(TorchDispatchMode):
         self._calls: dict[str, int] = {}
         self._produced: dict[tuple, int] = {}  # content key -> first event producing it
         self._first_seen: dict[tuple, int] = {}  # external content key -> first event using it
+        self._uninit: dict[tuple, tuple[int, int]] = {}  # garbage key -> (data_ptr, event)
         self._by_id: dict[int, tuple[Any, int]] = {}  # id(tensor) -> (weakref, producer event)
         self._seq_to_event: dict[int, int] = {}  # autograd sequence nr -> forward event
         self._last_seq = -1
@@ -416,21 +464,46 @@ class OpTracer(TorchDispatchMode):
             f = f.f_back
         return "<unknown>"
 
-    def _sig(self, t: torch.Tensor, index: int, as_output: bool) -> TensorSig:
-        h, cls = _content_hash(t)
-        dtype = self._intern(str(t.dtype).replace("torch.", ""))
+    def _sig(
+        self, t: torch.Tensor, index: int, as_output: bool, uninit: bool = False
+    ) -> TensorSig:
+        dtype = _FAST_DTYPES.get(t.dtype)
+        if (
+            dtype is not None
+            and type(t) in _PLAIN_TYPES
+            and t.is_cpu
+            and t.layout == torch.strided
+            and t.is_contiguous()
+        ):
+            h = xxhash.xxh3_64_intdigest(t.detach().numpy() if t.requires_grad else t.numpy())
+            cls = None
+        else:
+            h, cls = _content_hash(t)
+            dtype = _dtype_name(t.dtype)
+        interned = self._interned
         try:
-            shape = self._intern(tuple(t.shape))
+            size = t.shape
+            shape = interned.get(size)
+            if shape is None:
+                shape = tuple(size)
+                interned[shape] = shape
         except Exception:
             shape = ()
         key = (h, dtype, shape)
         if as_output:
-            self._produced.setdefault(key, index)
             try:
                 self._by_id[id(t)] = (weakref.ref(t), index)
             except TypeError:
                 pass
+            if uninit:
+                self._uninit[key] = (_data_ptr(t), index)
+                return TensorSig(0, dtype, shape, "traced", index, "uninitialized")
+            self._produced.setdefault(key, index)
             return TensorSig(h, dtype, shape, "traced", index, cls)
+        if self._uninit:
+            u = self._uninit.get(key)
+            if u is not None and u[0] == _data_ptr(t):  # still the garbage it was allocated with
+                return TensorSig(0, dtype, shape, "traced", u[1], "uninitialized")
         producer = self._produced.get(key)
         if producer is not None:
             return TensorSig(h, dtype, shape, "traced", producer, cls)
@@ -483,12 +556,15 @@ class OpTracer(TorchDispatchMode):
         leaves: list[Any] = []
         _flatten(args, leaves)
         if kwargs:
-            _flatten(list(kwargs.values()), leaves)
+            out_names = info.out_names
+            _flatten([v for k, v in kwargs.items() if k not in out_names], leaves)
         inputs = []
         scalars = []
+        sig = self._sig
+        Tensor = torch.Tensor
         for x in leaves:
-            if isinstance(x, torch.Tensor):
-                inputs.append(self._sig(x, index, as_output=False))
+            if isinstance(x, Tensor):
+                inputs.append(sig(x, index, False))
             else:
                 scalars.append(_scalar_repr(x))
         args_hash = xxhash.xxh3_64_intdigest("\x1f".join(scalars).encode()) if scalars else 0
@@ -520,9 +596,12 @@ class OpTracer(TorchDispatchMode):
 
         out = func(*args, **kwargs)
 
-        out_leaves: list[Any] = []
-        _flatten(out, out_leaves)
-        out_tensors = [x for x in out_leaves if isinstance(x, torch.Tensor)]
+        if isinstance(out, Tensor):
+            out_tensors = [out]
+        else:
+            out_leaves: list[Any] = []
+            _flatten(out, out_leaves)
+            out_tensors = [x for x in out_leaves if isinstance(x, Tensor)]
         for pos, name, kwarg_only in info.mutated:
             m = _arg(args, kwargs, pos, name, kwarg_only, None)
             ml: list[Any] = []
@@ -530,7 +609,10 @@ class OpTracer(TorchDispatchMode):
             for x in ml:
                 if isinstance(x, torch.Tensor) and not any(x is o for o in out_tensors):
                     out_tensors.append(x)
-        outputs = tuple(self._sig(t, index, as_output=True) for t in out_tensors)
+        uninit = info.uninit or (
+            info.view and any(x.cls == "uninitialized" for x in inputs)  # view of garbage
+        )
+        outputs = tuple([sig(t, index, True, uninit) for t in out_tensors])
         if index in self.capture_outputs_of:
             self.captured[index] = tuple(t.detach().to("cpu", copy=True) for t in out_tensors)
 
@@ -702,7 +784,11 @@ def diff_traces(
         ea, eb = ev_a[i], ev_b[i]
         if not _same_op(ea, eb) or len(ea.inputs) != len(eb.inputs):
             return _structural(i, ea, eb, ev_a, labels, trunc_a or trunc_b)
-        diff_in = [k for k, (x, y) in enumerate(zip(ea.inputs, eb.inputs)) if _key(x) != _key(y)]
+        diff_in = [
+            k
+            for k, (x, y) in enumerate(zip(ea.inputs, eb.inputs, strict=True))
+            if _key(x) != _key(y)
+        ]
         if diff_in:
             k = diff_in[0]
             return _external(i, k, ea, eb, ev_a, ev_b, labels, trunc_a or trunc_b)
@@ -800,9 +886,7 @@ def _external(
 ) -> TraceDiff:
     la, lb = labels
     later = _first_structural(ev_a, ev_b, i + 1)
-    tail = (
-        f"\nControl flow parts later, at op #{later}." if later is not None and later > i else ""
-    )
+    tail = f"\nControl flow parts later, at op #{later}." if later is not None and later > i else ""
     base = dict(
         index=i,
         event_a=ea,
@@ -820,7 +904,9 @@ def _external(
             "numbers were drawn outside the traced ops: seed it from the run's seed "
             "(repro.seed_for(...)) before this point."
         )
-        return TraceDiff("external-input", entered_at=ea.source, entered_event=i, message=msg, **base)
+        return TraceDiff(
+            "external-input", entered_at=ea.source, entered_event=i, message=msg, **base
+        )
     if k == -1:
         msg = (
             f"External input at op #{i}: {ea.describe()} got different non-tensor arguments "
@@ -828,7 +914,9 @@ def _external(
             "Python code, not from a torch op: random.random(), numpy, time, dict/set order... "
             "Seed or remove it."
         )
-        return TraceDiff("external-input", entered_at=ea.source, entered_event=i, message=msg, **base)
+        return TraceDiff(
+            "external-input", entered_at=ea.source, entered_event=i, message=msg, **base
+        )
     sa, sb = ea.inputs[k], eb.inputs[k]
     if sa.origin == "traced" and sb.origin == "traced":
         pa, pb = ev_a[sa.origin_event], ev_b[sb.origin_event]
@@ -977,7 +1065,13 @@ def compare_event_outputs(a_tensor: torch.Tensor, b_tensor: torch.Tensor) -> Out
     dtype = str(a.dtype).replace("torch.", "")
     if a.shape != b.shape:
         return OutputComparison(
-            a.numel(), max(a.numel(), b.numel()), float("inf"), None, dtype, tuple(a.shape), tuple(b.shape)
+            a.numel(),
+            max(a.numel(), b.numel()),
+            float("inf"),
+            None,
+            dtype,
+            tuple(a.shape),
+            tuple(b.shape),
         )
     if a.dtype != b.dtype:
         b = b.to(a.dtype)
@@ -1010,6 +1104,9 @@ def replay_divergence(
     """Re-run ``run`` (a zero-argument callable that rebuilds its own state) in pairs, copying
     the outputs of ``event_index``, until a pair differs; return the per-output comparisons of
     that pair, or ``None`` when all ``attempts`` pairs agreed (the divergence did not recur).
+
+    ``run`` must be the workload that was traced to find ``event_index``, without a tracer of
+    its own: event indices count from the start of the trace.
     """
     for _ in range(attempts):
         caps = []

@@ -21,7 +21,10 @@ ERROR = "error"
 SKIPPED = "skipped"
 NOT_RECORDED = "not-recorded"
 SINGLE = "single-run"
-FAILING = frozenset({DIVERGED, STRUCTURAL, ERROR, NOT_RECORDED})
+BASELINE_MISMATCH = "baseline-mismatch"
+BASELINE_MISSING = "baseline-missing"
+FAILING = frozenset({DIVERGED, STRUCTURAL, ERROR, NOT_RECORDED, BASELINE_MISMATCH,
+                     BASELINE_MISSING})
 
 
 @dataclass
@@ -41,7 +44,11 @@ class TestVerdict:
     diagnosis: str = ""
     nonfinite: str = ""  # first NaN/inf seen in the reference replica, if any
     rerun_command: str = ""
+    accept_command: str = ""
     notes: list[str] = field(default_factory=list)
+    #: Replica 0's record and environment, kept only until the baseline has been checked.
+    reference: ReplicaResult | None = field(default=None, repr=False)
+    baseline: dict[str, Any] = field(default_factory=dict)  # path, action, check
 
     @property
     def failed(self) -> bool:
@@ -49,6 +56,8 @@ class TestVerdict:
 
     def first_divergence(self) -> str:
         comparison = self.comparison
+        if self.status == BASELINE_MISMATCH and self.baseline.get("step") is not None:
+            return f"vs baseline: step {self.baseline['step']}: {self.baseline.get('key')}"
         if comparison is None or comparison.identical:
             return ""
         if comparison.structural is not None:
@@ -80,6 +89,7 @@ class TestVerdict:
             "nonfinite": self.nonfinite,
             "rerun_command": self.rerun_command,
             "notes": self.notes,
+            "baseline": self.baseline,
         }
 
 
@@ -120,7 +130,7 @@ def judge(
             verdict.other_replica = result.replica
             return verdict
         if reference is None:
-            reference = result
+            reference = verdict.reference = result
             verdict.steps = len(result.record.steps)
             verdict.keys = len(result.record.keys)
             verdict.nonfinite = first_nonfinite(result.record)
