@@ -281,10 +281,15 @@ def _describe_delta(
             lines.append(f"    fingerprint {base['digest']} -> {now['digest']} (statistics are kept "
                          f"for {STAT_STEPS} evenly spaced steps only)")
         return lines
+    numel = math.prod(base["shape"]) or 1
+    # A statistic's scale is the tensor's RMS: a mean near zero is not held to a tolerance
+    # relative to itself (which would be ~0), but to the magnitude of the values it averages.
+    rms = _as_float(base_stats["l2"]) / math.sqrt(numel)
     for name in STATS:
         b, n = _as_float(base_stats[name]), _as_float(now_stats[name])
         diff = abs(n - b)
-        allowed = atol + rtol * abs(b)
+        scale = abs(b) if name == "l2" else max(abs(b), rms)
+        allowed = atol + rtol * scale
         if show_all or not diff <= allowed:
             lines.append(f"    {name}: baseline {b:.9g}, now {n:.9g} (|diff| {diff:.3g}, "
                          f"allowed {allowed:.3g})")
