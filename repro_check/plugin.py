@@ -28,6 +28,7 @@ from repro_check.core.context import DEFAULT_STEPS, RunContext
 from repro_check.core.record import Recorder
 from repro_check.core.seeding import DEFAULT_BASE_SEED, SeedPlan, root_seed_for_test
 from repro_check.core.spill import SpillWriter
+from repro_check.orchestration.baseline import DEFAULT_ATOL, DEFAULT_RTOL
 from repro_check.orchestration.executor import (
     ReplicaPool,
     WorkerJob,
@@ -36,7 +37,6 @@ from repro_check.orchestration.executor import (
     worker_env,
 )
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, default_specs
-from repro_check.orchestration.baseline import DEFAULT_ATOL, DEFAULT_RTOL
 from repro_check.orchestration.verdict import (
     BASELINE_MISMATCH,
     BASELINE_MISSING,
@@ -636,7 +636,7 @@ class ParentSession(_SessionBase):
 
         reference_spec = self.specs[0]
         control = ReplicaSpec(len(self.specs), dict(reference_spec.env), reference_spec.num_threads,
-                              label=f"control: same process settings as replica 0")
+                              label="control: same process settings as replica 0")
         pool = self._start_pool([item.nodeid], [control], f"control-{_slug(item.nodeid)}")
         try:
             control_result = pool.result(item.nodeid, control.index)

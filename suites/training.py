@@ -119,7 +119,7 @@ def batches(loader: DataLoader):
 def train_steps(repro, model: nn.Module, optimizer, loader: DataLoader, scheduler=None) -> float:
     """The standard loop of the suites: one recorded step per batch; returns the last loss."""
     loss = torch.tensor(float("nan"))
-    for step, (x, y) in zip(range(repro.steps), batches(loader)):
+    for step, (x, y) in zip(range(repro.steps), batches(loader), strict=False):
         loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()

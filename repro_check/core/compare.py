@@ -228,7 +228,7 @@ def _structural_mismatch(reference: RunRecord, other: RunRecord) -> StructuralMi
     other_steps = [s.step for s in other.steps]
     if ref_steps != other_steps:
         position = next(
-            (i for i, (a, b) in enumerate(zip(ref_steps, other_steps)) if a != b),
+            (i for i, (a, b) in enumerate(zip(ref_steps, other_steps, strict=False)) if a != b),
             min(len(ref_steps), len(other_steps)),
         )
         return StructuralMismatch(
@@ -236,9 +236,9 @@ def _structural_mismatch(reference: RunRecord, other: RunRecord) -> StructuralMi
             f"the replicas recorded different steps: {len(ref_steps)} vs {len(other_steps)} "
             f"records; first difference at record #{position}: "
             f"{_at(ref_steps, position)} vs {_at(other_steps, position)}",
-            step=_at(ref_steps, position) if position < len(ref_steps) else None,
+            step=ref_steps[position] if position < len(ref_steps) else None,
         )
-    for ref_step, other_step in zip(reference.steps, other.steps):
+    for ref_step, other_step in zip(reference.steps, other.steps, strict=True):
         ref_keys, other_keys = list(ref_step.entries), list(other_step.entries)
         if ref_keys != other_keys:
             missing = [k for k in ref_keys if k not in other_step.entries]

@@ -12,9 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from repro_check.core.record import Recorder, check_recordable, RNGState, RunRecord
-from repro_check.core.seeding import GLOBAL_SOURCE, SeedPlan, forked_global_rngs, seed_everything
-from repro_check.core.seeding import seeded_generator, worker_init_fn
+from repro_check.core.record import Recorder, RNGState, RunRecord, check_recordable
+from repro_check.core.seeding import (
+    GLOBAL_SOURCE,
+    SeedPlan,
+    forked_global_rngs,
+    seed_everything,
+    seeded_generator,
+    worker_init_fn,
+)
 
 if TYPE_CHECKING:
     import torch

@@ -351,6 +351,11 @@ class OpTracer(TorchDispatchMode):
     ``max_events``: stop recording after this many events and set ``truncated`` (the run goes
     on untouched). ``capture_outputs_of``: event indices whose output tensors are copied into
     ``captured[index]`` (CPU clones) so that two replays can be compared element by element.
+    ``trust_version_counter``: do not re-hash an input that is the very tensor a traced op
+    produced, with its in-place version counter unchanged since; reuse that fingerprint
+    (about half the hashing). Writes that do not bump the counter -- through numpy
+    (``t.numpy()[:] = ...``), DLPack, raw pointers, custom kernels outside the dispatcher --
+    then go unseen until a later op's output differs, and are blamed on that op.
     """
 
     def __init__(
@@ -359,8 +364,10 @@ class OpTracer(TorchDispatchMode):
         *,
         max_events: int | None = DEFAULT_MAX_EVENTS,
         capture_outputs_of: Iterable[int] | None = None,
+        trust_version_counter: bool = False,
     ) -> None:
         super().__init__()
+        self.trust_version_counter = trust_version_counter
         self.root_module = root_module
         self.max_events = max_events
         self.capture_outputs_of = frozenset(capture_outputs_of or ())
@@ -372,7 +379,8 @@ class OpTracer(TorchDispatchMode):
         self._produced: dict[tuple, int] = {}  # content key -> first event producing it
         self._first_seen: dict[tuple, int] = {}  # external content key -> first event using it
         self._uninit: dict[tuple, tuple[int, int]] = {}  # garbage key -> (data_ptr, event)
-        self._by_id: dict[int, tuple[Any, int]] = {}  # id(tensor) -> (weakref, producer event)
+        # id(tensor) -> (weakref, producer event, version when produced or None, output sig)
+        self._by_id: dict[int, tuple[Any, int, int | None, TensorSig]] = {}
         self._seq_to_event: dict[int, int] = {}  # autograd sequence nr -> forward event
         self._last_seq = -1
         self._interned: dict[Any, Any] = {}
@@ -467,6 +475,15 @@ class OpTracer(TorchDispatchMode):
     def _sig(
         self, t: torch.Tensor, index: int, as_output: bool, uninit: bool = False
     ) -> TensorSig:
+        if self.trust_version_counter and not as_output:
+            entry = self._by_id.get(id(t))
+            if entry is not None and entry[2] is not None and entry[0]() is t:
+                try:
+                    same = t._version == entry[2]
+                except Exception:
+                    same = False
+                if same:  # unchanged since a traced op produced it: reuse that fingerprint
+                    return entry[3]
         dtype = _FAST_DTYPES.get(t.dtype)
         if (
             dtype is not None
@@ -491,15 +508,18 @@ class OpTracer(TorchDispatchMode):
             shape = ()
         key = (h, dtype, shape)
         if as_output:
-            try:
-                self._by_id[id(t)] = (weakref.ref(t), index)
-            except TypeError:
-                pass
             if uninit:
                 self._uninit[key] = (_data_ptr(t), index)
-                return TensorSig(0, dtype, shape, "traced", index, "uninitialized")
-            self._produced.setdefault(key, index)
-            return TensorSig(h, dtype, shape, "traced", index, cls)
+                out = TensorSig(0, dtype, shape, "traced", index, "uninitialized")
+            else:
+                self._produced.setdefault(key, index)
+                out = TensorSig(h, dtype, shape, "traced", index, cls)
+            try:
+                version = t._version if self.trust_version_counter and not uninit else None
+                self._by_id[id(t)] = (weakref.ref(t), index, version, out)
+            except (TypeError, RuntimeError):
+                pass
+            return out
         if self._uninit:
             u = self._uninit.get(key)
             if u is not None and u[0] == _data_ptr(t):  # still the garbage it was allocated with
