@@ -25,7 +25,7 @@ import pytest
 
 from repro_check.core.atomic import read_json, write_json
 from repro_check.core.context import DEFAULT_STEPS, RunContext
-from repro_check.core.record import Recorder
+from repro_check.core.record import MetricRecorder, Recorder, RunRecord
 from repro_check.core.seeding import DEFAULT_BASE_SEED, SeedPlan, root_seed_for_test
 from repro_check.core.spill import SpillWriter
 from repro_check.orchestration.baseline import DEFAULT_ATOL, DEFAULT_RTOL
@@ -36,7 +36,12 @@ from repro_check.orchestration.executor import (
     python_executable,
     worker_env,
 )
-from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, default_specs
+from repro_check.orchestration.replicas import (
+    ReplicaResult,
+    ReplicaSpec,
+    RunSpec,
+    default_specs,
+)
 from repro_check.orchestration.verdict import (
     BASELINE_MISMATCH,
     BASELINE_MISSING,
@@ -56,6 +61,7 @@ UNLIMITED_SPILL = 2**62  # checkpoints need every tensor of the last step
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 context_key = pytest.StashKey[RunContext]()
+run_key = pytest.StashKey["RunSpec"]()
 replica_key = pytest.StashKey[int]()
 reports_key = pytest.StashKey[list]()
 
@@ -101,6 +107,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="absolute tolerance when environments differ (ini repro_atol)")
     group.addoption("--repro-rtol", type=float, default=None,
                     help="relative tolerance when environments differ (ini repro_rtol)")
+    group.addoption("--repro-sensitivity", action="store_true", default=False,
+                    help="seed-sensitivity sweep: K runs per source, each varying only that "
+                         "source's seed; writes md/tex/csv/json/png to REPORT_DIR/sensitivity")
+    group.addoption("--repro-seeds", type=int, default=8, metavar="K",
+                    help="runs per source in a sensitivity sweep (default 8)")
+    group.addoption("--repro-sources", default=None, metavar="NAMES",
+                    help="comma-separated sources to perturb (default init,data,global; also "
+                         "bitflip); 'all' is always added")
+    group.addoption("--repro-only-run", default=None, metavar="SOURCE:K",
+                    help="run one run of a sweep (the command printed for each run)")
     group.addoption("--repro-worker", default=None, help=argparse_suppress())
     parser.addini("repro_runs", "replicas per test under --repro", default="2")
     parser.addini("repro_seed", "base seed (N, last or random)", default=str(DEFAULT_BASE_SEED))
@@ -225,7 +241,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(WorkerSession(config, Path(worker_spec)), "repro-worker")
         return
     options = Options.from_config(config)
-    if options.enabled:
+    if config.getoption("repro_sensitivity"):
+        from repro_check.plugin_sensitivity import SensitivitySession
+
+        config.pluginmanager.register(SensitivitySession(config, options), "repro-sensitivity")
+    elif options.enabled:
         config.pluginmanager.register(ParentSession(config, options), "repro-session")
     else:
         config.pluginmanager.register(PlainSession(options), "repro-plain")
@@ -275,16 +295,22 @@ class _SessionBase:
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         if not is_repro_item(item):
             return
-        plan = SeedPlan(root_seed_for_test(self.base_seed, item.nodeid), self.perturbations())
+        plan = SeedPlan(root_seed_for_test(self.base_seed, item.nodeid), self.perturbations(item))
         context = RunContext(
             plan, steps=marker_steps(item), replica=self.replica_index(item),
             recorder=self.make_recorder(item), test_id=item.nodeid,
         )
         item.stash[context_key] = context
         context.seed_globals()
+        flip = self.bitflip(item)
+        if flip is not None:
+            context.arm_bitflip(flip)
 
-    def perturbations(self) -> dict[str, int]:
+    def perturbations(self, item: pytest.Item) -> dict[str, int]:
         return {}
+
+    def bitflip(self, item: pytest.Item) -> int | None:
+        return None
 
 
 class PlainSession(_SessionBase):
@@ -298,7 +324,12 @@ class PlainSession(_SessionBase):
 
 
 class WorkerSession(_SessionBase):
-    """Inside a replica process: run the listed tests, stream one result line per test."""
+    """Inside a replica process: run each listed test once per assigned run, and stream one
+    result line per (test, run) to the channel file.
+
+    A replica worker has one run; a sensitivity worker has many (one per perturbed seed plan),
+    so ``import torch`` and collection are paid once per process, not once per run.
+    """
 
     def __init__(self, config: pytest.Config, spec_path: Path) -> None:
         spec = read_json(spec_path, schema=WORKER_SCHEMA, max_version=1)
@@ -307,47 +338,65 @@ class WorkerSession(_SessionBase):
         self.base_seed = int(spec["base_seed"])
         self.nodeids = set(spec["nodeids"])
         self.channel = spec["channel"]
-        self._perturbations = {str(k): int(v) for k, v in spec.get("perturbations", {}).items()}
+        self.runs = [RunSpec.from_json(run) for run in spec["runs"]]
+        #: (test, run id) pairs already finished by an earlier, interrupted sweep.
+        self.skip = {(str(n), str(r)) for n, r in spec.get("skip", [])}
+        self.metrics_only = bool(spec.get("metrics_only", False))
         self.spill = SpillWriter(spec["spill_path"], int(spec["spill_bytes"]))
         if self.spec.num_threads is not None:
             import torch
 
             torch.set_num_threads(self.spec.num_threads)
 
-    def perturbations(self) -> dict[str, int]:
-        return self._perturbations
+    def perturbations(self, item: pytest.Item) -> dict[str, int]:
+        return dict(item.stash[run_key].perturbations)
+
+    def bitflip(self, item: pytest.Item) -> int | None:
+        return item.stash[run_key].bitflip
 
     def replica_index(self, item: pytest.Item) -> int:
         return self.spec.index
 
-    def make_recorder(self, item: pytest.Item) -> Recorder | None:
-        return Recorder(self.spill)
+    def make_recorder(self, item: pytest.Item) -> Recorder | MetricRecorder | None:
+        return MetricRecorder() if self.metrics_only else Recorder(self.spill)
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
-        keep = [item for item in items if item.nodeid in self.nodeids]
-        dropped = [item for item in items if item.nodeid not in self.nodeids]
+        def wanted(item: pytest.Item) -> bool:
+            return item.nodeid in self.nodeids and any(
+                (item.nodeid, run.run_id) not in self.skip for run in self.runs)
+
+        keep = [item for item in items if wanted(item)]
+        dropped = [item for item in items if not wanted(item)]
         if dropped:
             config.hook.pytest_deselected(items=dropped)
         items[:] = keep
 
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self._reports.append(report)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+        from _pytest.runner import runtestprotocol
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Any:
-        self._reports: list[pytest.TestReport] = []
-        started = time.perf_counter()
-        result = yield
-        context = item.stash.get(context_key, None)
-        outcome, error = outcome_of(self._reports)
-        replica = ReplicaResult(
-            item.nodeid, self.spec.index, outcome, error, time.perf_counter() - started,
-            record=context.close() if context else None,
-            sources_used=sorted(context.sources_used) if context else [],
-            environment=runtime_snapshot(),
-        )
-        append_channel(self.channel, replica.to_json())
-        return result
+        keep_parents = _ParentChain(item.listchain()[:-1])
+        runs = [run for run in self.runs if (item.nodeid, run.run_id) not in self.skip]
+        for position, run in enumerate(runs):
+            item.stash[run_key] = run
+            last = position == len(runs) - 1
+            started = time.perf_counter()
+            reports = runtestprotocol(
+                item, log=False, nextitem=nextitem if last else keep_parents)  # type: ignore[arg-type]
+            context = item.stash.get(context_key, None)
+            outcome, error = outcome_of(reports)
+            record = context.close() if context else None
+            result = ReplicaResult(
+                item.nodeid, self.spec.index, outcome, error, time.perf_counter() - started,
+                record=record if isinstance(record, RunRecord) else None,
+                sources_used=sorted(context.sources_used) if context else [],
+                environment={} if self.metrics_only else runtime_snapshot(),
+                run_id=run.run_id,
+                metrics=record if isinstance(record, dict) else {},
+                predictions=context.predictions if context else None,
+                run_info=context.run_info if context else {},
+            )
+            append_channel(self.channel, result.to_json())
+        return True
 
     def pytest_unconfigure(self) -> None:
         self.spill.close()
@@ -444,7 +493,10 @@ class ParentSession(_SessionBase):
         pool.start()
         return pool
 
-    def _worker_job(self, nodeids: list[str], spec: ReplicaSpec, tag: str) -> WorkerJob:
+    def _worker_job(
+        self, nodeids: list[str], spec: ReplicaSpec, tag: str, runs: list[RunSpec] | None = None,
+        skip: list[tuple[str, str]] | None = None,
+    ) -> WorkerJob:
         config = self.config
         folder = self.tmpdir / tag
         folder.mkdir(parents=True, exist_ok=True)
@@ -458,7 +510,9 @@ class ParentSession(_SessionBase):
             "channel": str(folder / "channel.jsonl"),
             "spill_path": str(folder / "spill.bin"),
             "spill_bytes": self.options.spill_bytes,
-            "perturbations": self.perturbations(),
+            "runs": [run.to_json() for run in runs] if runs else [RunSpec(str(spec.index)).to_json()],
+            "metrics_only": runs is not None,
+            "skip": skip or [],
         })
         files = sorted({str(config.rootpath / nodeid.split("::")[0]) for nodeid in nodeids})
         command = [

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_STEPS = 10
+MAX_PREDICTIONS = 4096
 
 
 class RunContext:
@@ -42,7 +43,7 @@ class RunContext:
         *,
         steps: int = DEFAULT_STEPS,
         replica: int = 0,
-        recorder: Recorder | None = None,
+        recorder: Recorder | MetricRecorder | None = None,
         test_id: str = "",
     ) -> None:
         self.plan = plan
@@ -53,6 +54,11 @@ class RunContext:
         #: Names passed to seed_for() -- a sensitivity sweep over a source never asked for
         #: measures nothing, and says so.
         self.sources_used: set[str] = set()
+        #: The last predictions passed to record_predictions (sweeps compare them across runs).
+        self.predictions: list[float] | None = None
+        #: Facts about this run worth reporting (e.g. which weight a bit-flip run nudged).
+        self.run_info: dict[str, Any] = {}
+        self._cleanups: list[Any] = []
 
     @property
     def seed(self) -> int:
@@ -100,5 +106,30 @@ class RunContext:
             return
         self.recorder.record(step, state)
 
-    def close(self) -> RunRecord | None:
+    def record_predictions(self, predictions: Any) -> None:
+        """Keep the model's predictions on a fixed evaluation set (the last call wins): a
+        sensitivity sweep reports how often runs disagree and how their outputs correlate.
+        Logits of shape (N, C) are reduced to class labels."""
+        import torch
+
+        tensor = torch.as_tensor(predictions).detach().cpu()
+        if tensor.dim() == 2 and tensor.is_floating_point():
+            tensor = tensor.argmax(dim=1)
+        flat = tensor.reshape(-1).to(torch.float64)
+        self.predictions = flat[:MAX_PREDICTIONS].tolist()
+
+    def arm_bitflip(self, index: int) -> None:
+        """Nudge one weight by one ulp just before the first forward pass: the instability
+        probe of Summers & Dinneen (ICML 2021). ``index`` picks which weight, reproducibly."""
+        from repro_check.core.bitflip import arm
+
+        arm(self, index)
+
+    def add_cleanup(self, callback: Any) -> None:
+        """Call ``callback()`` when the run closes (e.g. remove a hook it installed)."""
+        self._cleanups.append(callback)
+
+    def close(self) -> RunRecord | dict[str, float] | None:
+        while self._cleanups:
+            self._cleanups.pop()()
         return self.recorder.close() if self.recorder is not None else None

@@ -249,3 +249,24 @@ def check_recordable(step: Any, state: Mapping[str, Any]) -> None:
 def _check_step(step: Any) -> None:
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)):
         raise TypeError(f"repro.record(): step must be an int, got {type(step).__name__}")
+
+
+class MetricRecorder:
+    """Keeps only the scalar metrics of the last recorded step (sensitivity sweeps): memory
+    and time stay flat however many runs a sweep makes."""
+
+    def __init__(self) -> None:
+        self.metrics: dict[str, float] = {}
+
+    def record(self, step: int, state: Mapping[str, Any]) -> None:
+        _check_step(step)
+        metrics = {}
+        for name, value in state.items():
+            for key, leaf in flatten_state(name, value):
+                if key.startswith(SCALAR_PREFIX):
+                    tensor = as_tensor(leaf).detach()
+                    metrics[key] = float(tensor.real if tensor.is_complex() else tensor)
+        self.metrics = metrics
+
+    def close(self) -> dict[str, float]:
+        return self.metrics

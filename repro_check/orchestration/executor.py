@@ -130,50 +130,60 @@ class ReplicaPool:
 
     POLL_SECONDS = 0.02
 
-    def __init__(self, jobs: Sequence[WorkerJob], executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        jobs: Sequence[WorkerJob],
+        executor: Executor | None = None,
+        run_jobs: dict[str, int] | None = None,
+    ) -> None:
         self.jobs = {job.spec.index: job for job in jobs}
+        #: Which job runs which run (by run key); replicas: run "i" is job i.
+        self.run_jobs = run_jobs or {str(index): index for index in self.jobs}
         self._executor = executor or ThreadPoolExecutor(
             max_workers=len(jobs), thread_name_prefix="repro-replica"
         )
         self._owns_executor = executor is None
         self._futures: dict[int, Future[int]] = {}
         self._readers = {index: ChannelReader(job.channel) for index, job in self.jobs.items()}
-        self._pending: dict[tuple[str, int], ReplicaResult] = {}
+        self._pending: dict[tuple[str, str], ReplicaResult] = {}
         self._lock = threading.Lock()
 
     def start(self) -> None:
         for index, job in self.jobs.items():
             self._futures[index] = self._executor.submit(job.run)
 
-    def result(self, nodeid: str, replica: int) -> ReplicaResult:
-        """Block until replica ``replica`` has finished test ``nodeid`` (or has died)."""
-        key = (nodeid, replica)
+    def result(self, nodeid: str, run: int | str) -> ReplicaResult:
+        """Block until run ``run`` (a replica index or run id) has finished test ``nodeid``,
+        or its process has died."""
+        key = (nodeid, str(run))
+        index = self.run_jobs[str(run)]
         while True:
             with self._lock:
-                self._drain(replica)
+                self._drain(index)
                 if key in self._pending:
                     return self._pending.pop(key)
-                future = self._futures[replica]
+                future = self._futures[index]
                 if future.done():
-                    self._drain(replica)
+                    self._drain(index)
                     if key in self._pending:
                         return self._pending.pop(key)
-                    return self._crashed(nodeid, replica, future)
+                    return self._crashed(nodeid, index, str(run), future)
             time.sleep(self.POLL_SECONDS)
 
-    def _drain(self, replica: int) -> None:
-        for document in self._readers[replica].poll():
+    def _drain(self, index: int) -> None:
+        for document in self._readers[index].poll():
             result = ReplicaResult.from_json(document)
-            self._pending[(result.nodeid, result.replica)] = result
+            self._pending[(result.nodeid, result.key)] = result
 
-    def _crashed(self, nodeid: str, replica: int, future: Future[int]) -> ReplicaResult:
-        job = self.jobs[replica]
+    def _crashed(self, nodeid: str, index: int, run: str, future: Future[int]) -> ReplicaResult:
+        job = self.jobs[index]
         exc = future.exception()
         how = f"could not start ({exc})" if exc else describe_exit(future.result())
         return ReplicaResult(
-            nodeid, replica, "crashed",
-            error=f"replica {replica} process {how} before finishing this test "
+            nodeid, index, "crashed",
+            error=f"replica {index} process {how} before finishing this test "
             f"({job.spec.describe()}).\nLast lines of its output:\n{job.stderr_tail()}",
+            run_id=run if run != str(index) else "",
         )
 
     def close(self) -> None:

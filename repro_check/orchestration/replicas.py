@@ -48,6 +48,25 @@ def default_specs(runs: int, *, subprocess: bool) -> list[ReplicaSpec]:
     return [ReplicaSpec(i, env={"PYTHONHASHSEED": str(i)}) for i in range(runs)]
 
 
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a test inside a worker: which seed sources are perturbed, and how."""
+
+    run_id: str
+    perturbations: Mapping[str, int] = field(default_factory=dict)
+    bitflip: int | None = None  # nudge one weight by one ulp at initialisation (index k)
+    label: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "perturbations": dict(self.perturbations),
+                "bitflip": self.bitflip, "label": self.label}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
+        return cls(str(data["run_id"]), {str(k): int(v) for k, v in data["perturbations"].items()},
+                   data.get("bitflip"), data.get("label", ""))
+
+
 @dataclass
 class ReplicaResult:
     """One replica's outcome for one test."""
@@ -60,6 +79,15 @@ class ReplicaResult:
     record: RunRecord | None = None
     sources_used: list[str] = field(default_factory=list)
     environment: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    predictions: list[float] | None = None
+    run_info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """How the parent asks for this result: the run id, or the replica index."""
+        return self.run_id or str(self.replica)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -71,6 +99,11 @@ class ReplicaResult:
             "record": self.record.to_json() if self.record else None,
             "sources_used": self.sources_used,
             "environment": self.environment,
+            "run_id": self.run_id,
+            "metrics": {k: (v if v == v and abs(v) != float("inf") else repr(v))
+                        for k, v in self.metrics.items()},
+            "predictions": self.predictions,
+            "run_info": self.run_info,
         }
 
     @classmethod
@@ -79,5 +112,7 @@ class ReplicaResult:
         return cls(
             data["nodeid"], int(data["replica"]), data["outcome"], data.get("error", ""),
             float(data.get("duration", 0.0)), record, list(data.get("sources_used", [])),
-            dict(data.get("environment", {})),
+            dict(data.get("environment", {})), str(data.get("run_id", "")),
+            {k: float(v) for k, v in data.get("metrics", {}).items()},
+            data.get("predictions"), dict(data.get("run_info", {})),
         )

@@ -1,0 +1,49 @@
+"""The one-bit instability probe: nudge a single weight by one ulp before training starts.
+
+Summers & Dinneen (ICML 2021) showed that changing one bit of one weight at initialisation
+produces as much run-to-run variance as changing every seed. The nudge is applied by a global
+forward pre-hook on the first forward call (the outermost module), so it works for any model
+without the test's cooperation; the weight is chosen from ``seed_for("bitflip")`` and the run
+index, so every run is reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from repro_check.core.seeding import derive_seed
+
+if TYPE_CHECKING:
+    from repro_check.core.context import RunContext
+
+
+def arm(context: RunContext, index: int) -> None:
+    import torch
+
+    handle = None
+
+    def nudge(module: torch.nn.Module, args: Any) -> None:
+        handle.remove()
+        parameters = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()
+                      and p.numel() > 0]
+        if not parameters:
+            context.run_info["bitflip"] = "no floating-point parameter to nudge"
+            return
+        rng = np.random.default_rng(derive_seed(context.seed, "bitflip", index))
+        sizes = np.array([p.numel() for _, p in parameters], dtype=np.float64)
+        which = int(rng.choice(len(parameters), p=sizes / sizes.sum()))
+        name, parameter = parameters[which]
+        element = int(rng.integers(parameter.numel()))
+        with torch.no_grad():
+            flat = parameter.view(-1)
+            before = flat[element].clone()
+            flat[element] = torch.nextafter(before, torch.tensor(float("inf"), dtype=before.dtype))
+        context.run_info["bitflip"] = {
+            "parameter": name, "element": element,
+            "before": float(before), "after": float(flat[element]),
+        }
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(nudge)
+    context.add_cleanup(handle.remove)  # never leak into the next test of the worker

@@ -1,0 +1,182 @@
+"""``pytest --repro-sensitivity``: the seed-sensitivity sweep, as a pytest session.
+
+Every marked test is run K times per randomness source, each run varying only that source's
+seed (``repro.seed_for(source)``), plus K runs varying all of them. Runs execute in worker
+processes through an executor (``--repro-jobs`` at once; a Dask client's executor with
+``--repro-executor=dask``), results stream into ``REPORT_DIR/sensitivity/runs.jsonl`` so an
+interrupted sweep resumes, and the analysis (repro_check.sensitivity_report) writes the report.
+"""
+
+from __future__ import annotations
+
+import shlex
+from concurrent.futures import Executor, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from repro_check.core.seeding import root_seed_for_test
+from repro_check.orchestration.executor import ReplicaPool
+from repro_check.orchestration.replicas import ReplicaSpec, RunSpec
+from repro_check.orchestration.sweep import (
+    BITFLIP,
+    DEFAULT_SOURCES,
+    STORE_NAME,
+    SweepStore,
+    plan_runs,
+    prediction_agreement,
+    result_row,
+    runs_frame,
+    split_round_robin,
+)
+from repro_check.plugin import Options, ParentSession, ReproFailure, is_repro_item
+
+
+class SensitivityFailure(ReproFailure):
+    """Runs of a sweep raised: the test itself is broken (the sweep data is still reported)."""
+
+
+class SensitivitySession(ParentSession):
+    def __init__(self, config: pytest.Config, options: Options) -> None:
+        super().__init__(config, options)
+        self.subprocess = True  # sweeps always run in worker processes
+        self.k = int(config.getoption("repro_seeds"))
+        if self.k < 1:
+            raise pytest.UsageError(f"--repro-seeds={self.k}: must be at least 1")
+        names = config.getoption("repro_sources")
+        self.sources = [s.strip() for s in names.split(",") if s.strip()] if names else list(
+            DEFAULT_SOURCES)
+        self.only = config.getoption("repro_only_run")
+        self.runs = plan_runs(self.sources, self.k, self.only)
+        if not self.runs:
+            raise pytest.UsageError(
+                f"--repro-only-run={self.only}: no such run; runs are named SOURCE:K with K "
+                f"in 0..{self.k - 1} and SOURCE in {', '.join([*self.sources, 'all'])}")
+        folder = (options.report_dir or Path(config.rootpath, "reports")) / "sensitivity"
+        self.folder = folder
+        self.store = SweepStore(folder / STORE_NAME, self.base_seed)
+        self.rows: list[dict[str, Any]] = []
+        self.resumed = 0
+        self._done = self.store.completed()
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        return [
+            f"repro-check sensitivity: base seed {self.base_seed}; {self.k} runs x "
+            f"{', '.join(dict.fromkeys([*self.sources, 'all']))}; {self.options.jobs} at once; "
+            f"results in {self.store.path}"
+        ]
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if session.config.option.collectonly:
+            return
+        nodeids = [item.nodeid for item in session.items if is_repro_item(item)]
+        if not nodeids:
+            return
+        skip = [(nodeid, run.run_id) for nodeid in nodeids for run in self.runs
+                if (nodeid, run.run_id) in self._done]
+        buckets = split_round_robin(self.runs, self.options.jobs)
+        jobs = []
+        run_jobs = {}
+        for index, bucket in enumerate(buckets):
+            spec = ReplicaSpec(index, label=f"sweep worker {index}")
+            jobs.append(self._worker_job(nodeids, spec, f"sweep-{index}", runs=bucket, skip=skip))
+            run_jobs.update({run.run_id: index for run in bucket})
+        self.pool = ReplicaPool(jobs, self._executor(len(jobs)), run_jobs=run_jobs)
+        self.pool.start()
+
+    def _executor(self, workers: int) -> Executor:
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="repro-sweep")
+
+    def run_command(self, item: pytest.Item, run: RunSpec) -> str:
+        return " ".join([
+            "pytest", "--repro-sensitivity", f"--repro-seed={self.base_seed}",
+            f"--repro-seeds={self.k}", f"--repro-sources={','.join(self.sources)}",
+            f"--repro-only-run={run.run_id}", shlex.quote(self._target(item)),
+        ])
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
+        if not is_repro_item(pyfuncitem):
+            return None
+        assert self.pool is not None
+        root = root_seed_for_test(self.base_seed, pyfuncitem.nodeid)
+        failures = []
+        for run in self.runs:
+            done = self._done.get((pyfuncitem.nodeid, run.run_id))
+            if done is not None:
+                self.resumed += 1
+                row = done
+            else:
+                result = self.pool.result(pyfuncitem.nodeid, run.run_id)
+                row = result_row(result, base_seed=self.base_seed, root_seed=root,
+                                 command=self.run_command(pyfuncitem, run))
+                self.store.append(row)
+            self.rows.append(row)
+            if row["status"] == "failed":
+                failures.append(row)
+        if failures:
+            first = failures[0]
+            raise SensitivityFailure(
+                f"repro-check: {len(failures)} of {len(self.runs)} sweep runs of "
+                f"{pyfuncitem.nodeid} failed (they are counted in the report, not dropped).\n"
+                f"first failure, run {first['run_id']}:\n{first['error']}\n"
+                f"rerun it:\n  {first['command']}"
+            )
+        return True
+
+    def sources_unused(self) -> dict[str, list[str]]:
+        unused: dict[str, list[str]] = {}
+        for row in self.rows:
+            if row["status"] == "failed":
+                continue
+            asked = set(row.get("sources_used", [])) | {"global", "all", BITFLIP}
+            for source in self.sources:
+                if source not in asked:
+                    unused.setdefault(row["test"], [])
+                    if source not in unused[row["test"]]:
+                        unused[row["test"]].append(source)
+        return unused
+
+    def analysis(self) -> Any:
+        from repro_check.sensitivity_report import analyze
+
+        return analyze(runs_frame(self.rows), sources_unused=self.sources_unused())
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.rows:
+            return
+        from repro_check.sensitivity_report import terminal_table
+
+        terminalreporter.section("repro sensitivity")
+        analysis = self._analysis = self.analysis()
+        terminalreporter.write_line(terminal_table(analysis))
+        for warning in getattr(analysis, "warnings", []):
+            terminalreporter.write_line(f"warning: {warning}", yellow=True)
+        failed = sum(r["status"] == "failed" for r in self.rows)
+        nan = sum(r["status"] == "nan" for r in self.rows)
+        terminalreporter.write_line(
+            f"{len(self.rows)} runs ({self.resumed} resumed from {self.store.path}), "
+            f"{failed} failed, {nan} with NaN metrics; base seed {self.base_seed}")
+        if self._report_paths:
+            terminalreporter.write_line("report: " + ", ".join(map(str, self._report_paths)))
+        if self._report_error:
+            terminalreporter.write_line(self._report_error, red=True)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        if not self.rows:
+            return
+        from repro_check.sensitivity_report import write_report
+
+        try:
+            info = self.session_info()
+            info.update({"k": self.k, "sources": self.sources})
+            self._report_paths = write_report(
+                self.analysis(), self.folder, session=info,
+                disagreement=prediction_agreement(self.rows))
+            self._report_paths.append(self._write_environment(self.folder))
+        except OSError as exc:
+            self._report_error = f"repro-check: could not write the sensitivity report: {exc}"
