@@ -122,13 +122,38 @@ def docstring_items(doc: str | None = None) -> dict[str, list[str]]:
     return out
 
 
-def version_in_range(version: str, spec: str) -> bool:
-    """``"2.13.0+cpu"`` in ``">=2.13,<2.14"``? (local version labels are ignored)."""
-    from packaging.specifiers import SpecifierSet
-    from packaging.version import Version
+def _version_tuple(v: str) -> tuple[int, ...]:
+    parts = []
+    for p in v.split("+")[0].split("."):
+        m = re.match(r"\d+", p)
+        if not m:
+            break
+        parts.append(int(m.group()))
+    return tuple(parts)
 
-    v = Version(version.split("+")[0])
-    return v in SpecifierSet(spec)
+
+def version_in_range(version: str, spec: str) -> bool:
+    """``"2.13.0+cpu"`` in ``">=2.13,<2.14"``? (comma-separated ``>= > <= < == !=`` clauses on
+    numeric release parts; local labels and pre-release suffixes are ignored)."""
+    v = _version_tuple(version)
+    for clause in filter(None, (c.strip() for c in spec.split(","))):
+        m = re.match(r"(>=|<=|==|!=|>|<)\s*(.+)", clause)
+        if not m:
+            raise ValueError(f"unsupported version clause {clause!r} in {spec!r}")
+        op, bound = m.group(1), _version_tuple(m.group(2))
+        n = max(len(v), len(bound))
+        a, b = v + (0,) * (n - len(v)), bound + (0,) * (n - len(bound))
+        ok = {
+            ">=": a >= b,
+            "<=": a <= b,
+            "==": a == b,
+            "!=": a != b,
+            ">": a > b,
+            "<": a < b,
+        }[op]
+        if not ok:
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,8 +55,10 @@ __all__ = [
     "replay_divergence",
 ]
 
-# Default cap on recorded events: about 250-400 bytes per event, so ~0.2-0.3 GB at the cap.
-DEFAULT_MAX_EVENTS = 1_000_000
+# Default cap on recorded events. Measured ~750 bytes per event (the event, its fingerprints
+# and the tracer's lookup tables) on a Transformer training step, so ~190 MB at the cap:
+# ~400 training steps of a 600-op model. Raise it (or pass None) for longer traces.
+DEFAULT_MAX_EVENTS = 250_000
 
 
 class TensorSig(NamedTuple):
@@ -145,9 +147,7 @@ _NUMPY_DTYPES = {
 }
 _PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
 # dtypes hashed through a zero-copy numpy view (complex goes the slow way: conj/neg bits)
-_FAST_DTYPES = {
-    d: str(d).replace("torch.", "") for d in _NUMPY_DTYPES if not d.is_complex
-}
+_FAST_DTYPES = {d: str(d).replace("torch.", "") for d in _NUMPY_DTYPES if not d.is_complex}
 _DTYPE_NAMES: dict[Any, str] = {}
 
 
@@ -421,7 +421,6 @@ class OpTracer(TorchDispatchMode):
         finally:
             self._remove_hooks()
             self._module_stack = []
-            self._by_id.clear()  # holds weakrefs only; not needed once tracing ended
 
     def _remove_hooks(self) -> None:
         for h in self._hooks:
@@ -472,9 +471,7 @@ class OpTracer(TorchDispatchMode):
             f = f.f_back
         return "<unknown>"
 
-    def _sig(
-        self, t: torch.Tensor, index: int, as_output: bool, uninit: bool = False
-    ) -> TensorSig:
+    def _sig(self, t: torch.Tensor, index: int, as_output: bool, uninit: bool = False) -> TensorSig:
         if self.trust_version_counter and not as_output:
             entry = self._by_id.get(id(t))
             if entry is not None and entry[2] is not None and entry[0]() is t:
@@ -512,6 +509,12 @@ class OpTracer(TorchDispatchMode):
                 self._uninit[key] = (_data_ptr(t), index)
                 out = TensorSig(0, dtype, shape, "traced", index, "uninitialized")
             else:
+                if self._uninit:
+                    u = self._uninit.get(key)
+                    if u is not None and u[0] == _data_ptr(t):
+                        # a traced op wrote the very bytes the memory held (recycled memory
+                        # from an identical earlier run): it is initialised now
+                        del self._uninit[key]
                 self._produced.setdefault(key, index)
                 out = TensorSig(h, dtype, shape, "traced", index, cls)
             try:
