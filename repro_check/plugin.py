@@ -36,6 +36,7 @@ from repro_check.orchestration.executor import (
     python_executable,
     worker_env,
 )
+from repro_check.orchestration.localize import localize_from_reruns
 from repro_check.orchestration.replicas import (
     ReplicaResult,
     ReplicaSpec,
@@ -58,6 +59,8 @@ MARKER = "repro"
 WORKER_SCHEMA = "repro-check/worker-spec"
 CACHE_KEY = "repro/base_seed"
 UNLIMITED_SPILL = 2**62  # checkpoints need every tensor of the last step
+LOCALIZE_AUTO_S = 30.0  # auto-localise when one replica of the test took less than this
+LOCALIZE_ATTEMPTS = 3
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 context_key = pytest.StashKey[RunContext]()
@@ -107,6 +110,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="absolute tolerance when environments differ (ini repro_atol)")
     group.addoption("--repro-rtol", type=float, default=None,
                     help="relative tolerance when environments differ (ini repro_rtol)")
+    group.addoption("--repro-localize", choices=("auto", "always", "never"), default="auto",
+                    help="on a divergence, rerun both replicas tracing every aten op of the "
+                         "divergent step and name the op (auto: when a replica takes < 30 s)")
     group.addoption("--repro-sensitivity", action="store_true", default=False,
                     help="seed-sensitivity sweep: K runs per source, each varying only that "
                          "source's seed; writes md/tex/csv/json/png to REPORT_DIR/sensitivity")
@@ -150,6 +156,7 @@ class Options:
     spill_bytes: int
     save_checkpoints: bool
     update: bool = False
+    localize: str = "auto"
     baseline: str = "check"
     baseline_dir: str = ""
     atol: float = DEFAULT_ATOL
@@ -194,6 +201,7 @@ class Options:
             else _positive_int(pick("spill_mb"), "--repro-spill-mb", minimum=0) * 2**20,
             save_checkpoints=bool(config.getoption("repro_save_checkpoints")),
             update=bool(config.getoption("repro_update")),
+            localize=str(config.getoption("repro_localize")),
             baseline=_choice(pick("baseline"), ("check", "off"), "repro_baseline"),
             baseline_dir=pick("baseline_dir"),
             atol=_non_negative_float(pick("atol"), "repro_atol"),
@@ -305,11 +313,17 @@ class _SessionBase:
         flip = self.bitflip(item)
         if flip is not None:
             context.arm_bitflip(flip)
+        trace = self.trace(item)
+        if trace:
+            context.trace_window(trace["start_after"], trace["stop_at"], trace["path"])
 
     def perturbations(self, item: pytest.Item) -> dict[str, int]:
         return {}
 
     def bitflip(self, item: pytest.Item) -> int | None:
+        return None
+
+    def trace(self, item: pytest.Item) -> Any:
         return None
 
 
@@ -353,6 +367,9 @@ class WorkerSession(_SessionBase):
 
     def bitflip(self, item: pytest.Item) -> int | None:
         return item.stash[run_key].bitflip
+
+    def trace(self, item: pytest.Item) -> Any:
+        return item.stash[run_key].trace
 
     def replica_index(self, item: pytest.Item) -> int:
         return self.spec.index
@@ -495,7 +512,7 @@ class ParentSession(_SessionBase):
 
     def _worker_job(
         self, nodeids: list[str], spec: ReplicaSpec, tag: str, runs: list[RunSpec] | None = None,
-        skip: list[tuple[str, str]] | None = None,
+        skip: list[tuple[str, str]] | None = None, metrics_only: bool = False,
     ) -> WorkerJob:
         config = self.config
         folder = self.tmpdir / tag
@@ -511,7 +528,7 @@ class ParentSession(_SessionBase):
             "spill_path": str(folder / "spill.bin"),
             "spill_bytes": self.options.spill_bytes,
             "runs": [run.to_json() for run in runs] if runs else [RunSpec(str(spec.index)).to_json()],
-            "metrics_only": runs is not None,
+            "metrics_only": metrics_only,
             "skip": skip or [],
         })
         files = sorted({str(config.rootpath / nodeid.split("::")[0]) for nodeid in nodeids})
@@ -611,7 +628,7 @@ class ParentSession(_SessionBase):
         verdict.rerun_command = self.rerun_command(item)
         verdict.accept_command = self.accept_command(item)
         if verdict.status == DIVERGED and self.subprocess:
-            verdict.diagnosis = self._diagnose_process_state(item, verdict)
+            self._investigate(item, verdict)
         if verdict.status in (IDENTICAL, SINGLE) and self.options.baseline != "off":
             self._baseline_stage(item, verdict)
         verdict.reference = None  # drop the record: memory stays flat across tests
@@ -683,31 +700,83 @@ class ParentSession(_SessionBase):
                 )
             yield result
 
-    def _diagnose_process_state(self, item: pytest.Item, verdict: TestVerdict) -> str:
-        """Rerun replica 0's process environment once more: if that control run matches
-        replica 0, only process-level state (hash randomisation) differs."""
+    def _investigate(self, item: pytest.Item, verdict: TestVerdict) -> None:
+        """Rerun the two parting replicas once more, with the same process settings.
+
+        The rerun of replica 0 is a *control*: if it matches replica 0's first run bit for bit
+        while the other replica differs, only process-level state (hash randomisation) differs.
+        When localisation is on, both reruns trace every aten op of the step where they part,
+        and the two traces are diffed to find the op (or the line where data entered).
+        Intermittent nondeterminism may part elsewhere (or not at all) in a rerun: the window
+        follows the reruns' own first divergence, for up to LOCALIZE_ATTEMPTS attempts.
+        """
         from repro_check.core.compare import compare_runs
 
-        reference_spec = self.specs[0]
-        control = ReplicaSpec(len(self.specs), dict(reference_spec.env), reference_spec.num_threads,
-                              label="control: same process settings as replica 0")
-        pool = self._start_pool([item.nodeid], [control], f"control-{_slug(item.nodeid)}")
+        divergence = verdict.comparison.divergence if verdict.comparison else None
+        reference = self._reference_record(item, verdict)
+        if divergence is None or reference is None or verdict.other_replica is None:
+            return
+        localize = self._should_localize(verdict)
+        originals = [self.specs[0], self.specs[verdict.other_replica]]
+        steps = [s.step for s in reference.steps]
+        step = divergence.step
+        for attempt in range(LOCALIZE_ATTEMPTS if localize else 1):
+            reruns = self._traced_reruns(item, originals, steps, step, localize, attempt)
+            control = reruns[0]
+            if attempt == 0 and control.outcome == "passed" and control.record is not None:
+                verdict.diagnosis = self._process_state_finding(
+                    compare_runs(reference, control.record).identical)
+            if not localize:
+                return
+            verdict.localization = localize_from_reruns(reruns, step, originals)
+            verdict.localization["attempts"] = attempt + 1
+            parted = _rerun_divergence_step(reruns)
+            if parted is None or parted == step:
+                if parted == step or attempt == LOCALIZE_ATTEMPTS - 1:
+                    return
+                continue  # did not recur: try the same window again
+            step = parted  # the reruns parted elsewhere: trace where they did
+
+    def _traced_reruns(
+        self, item: pytest.Item, originals: list[ReplicaSpec], steps: list[int], step: int,
+        localize: bool, attempt: int,
+    ) -> list[ReplicaResult]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        position = steps.index(step) if step in steps else 0
+        window = {"start_after": steps[position - 1] if position else None, "stop_at": step}
+        folder = self.tmpdir / f"investigate-{_slug(item.nodeid)}-{attempt}"
+        specs, jobs = [], []
+        for index, original in enumerate(originals[: 2 if localize else 1]):
+            spec = ReplicaSpec(index, dict(original.env), original.num_threads,
+                               label=f"rerun of replica {original.index}")
+            trace = {**window, "path": str(folder / f"trace-{index}.jsonl")} if localize else None
+            specs.append(spec)
+            jobs.append(self._worker_job([item.nodeid], spec, f"{folder.name}/{index}",
+                                         runs=[RunSpec(str(index), trace=trace)]))
+        pool = ReplicaPool(jobs, ThreadPoolExecutor(max_workers=min(self.options.jobs, len(jobs))))
+        pool.start()
         try:
-            control_result = pool.result(item.nodeid, control.index)
+            return [pool.result(item.nodeid, spec.index) for spec in specs]
         finally:
             pool.close()
-        reference = self._reference_record(item, verdict)
-        if control_result.record is None or reference is None:
-            return ""
-        differing_env = sorted(
-            key for spec in self.specs for key in spec.env
-            if spec.env.get(key) != reference_spec.env.get(key)
-        )
-        if compare_runs(reference, control_result.record).identical:
+
+    def _should_localize(self, verdict: TestVerdict) -> bool:
+        mode = self.options.localize
+        if mode == "never":
+            return False
+        # "auto": a rerun of two replicas is cheap next to the runs already made.
+        return mode == "always" or verdict.duration / max(1, len(self.specs)) < LOCALIZE_AUTO_S
+
+    def _process_state_finding(self, control_matches: bool) -> str:
+        reference_spec = self.specs[0]
+        differing = sorted({key for spec in self.specs for key in spec.env
+                            if spec.env.get(key) != reference_spec.env.get(key)})
+        if control_matches:
             return (
                 f"only process-level state differs: a control replica with replica 0's "
                 f"settings ({reference_spec.describe()}) reproduced replica 0 bit for bit, "
-                f"while replicas differing in {', '.join(differing_env) or 'process state'} "
+                f"while replicas differing in {', '.join(differing) or 'process state'} "
                 f"diverged. With PYTHONHASHSEED this is hash randomisation: iteration over a "
                 f"set (or dict built from one) of str/bytes, or hash() of a string, decides "
                 f"something in the run. Sort before iterating (sorted(set_of_names))."
@@ -722,9 +791,11 @@ class ParentSession(_SessionBase):
         # Replica 0's result was consumed by judge(); re-read it from its channel file.
         from repro_check.orchestration.executor import ChannelReader
 
-        channel = (self.tmpdir / "session-0" / "channel.jsonl")
+        channel = self.tmpdir / "session-0" / "channel.jsonl"
         if not channel.exists():
             channel = self.tmpdir / f"{_slug(item.nodeid)}-0" / "channel.jsonl"
+        if not channel.exists():  # in-process replicas: the record is still in memory
+            return verdict.reference.record if verdict.reference else None
         for document in ChannelReader(channel).poll():
             if document["nodeid"] == item.nodeid:
                 return ReplicaResult.from_json(document).record
@@ -842,6 +913,20 @@ class ParentSession(_SessionBase):
         if call.excinfo is not None and isinstance(call.excinfo.value, ReproFailure):
             report.longrepr = str(call.excinfo.value)
         return report
+
+
+def _rerun_divergence_step(reruns: list[ReplicaResult]) -> int | None:
+    """Where two traced reruns first part (None: they agree, or cannot be compared)."""
+    from repro_check.core.compare import compare_runs
+
+    if len(reruns) < 2 or any(r.record is None or r.outcome != "passed" for r in reruns):
+        return None
+    comparison = compare_runs(reruns[0].record, reruns[1].record)  # type: ignore[arg-type]
+    if comparison.divergence is not None:
+        return comparison.divergence.step
+    if comparison.structural is not None:
+        return comparison.structural.step
+    return None
 
 
 def _slug(nodeid: str) -> str:

@@ -80,7 +80,8 @@ class SensitivitySession(ParentSession):
         run_jobs = {}
         for index, bucket in enumerate(buckets):
             spec = ReplicaSpec(index, label=f"sweep worker {index}")
-            jobs.append(self._worker_job(nodeids, spec, f"sweep-{index}", runs=bucket, skip=skip))
+            jobs.append(self._worker_job(nodeids, spec, f"sweep-{index}", runs=bucket, skip=skip,
+                                         metrics_only=True))
             run_jobs.update({run.run_id: index for run in bucket})
         self.pool = ReplicaPool(jobs, self._executor(len(jobs)), run_jobs=run_jobs)
         self.pool.start()
@@ -151,8 +152,6 @@ class SensitivitySession(ParentSession):
         terminalreporter.section("repro sensitivity")
         analysis = self._analysis = self.analysis()
         terminalreporter.write_line(terminal_table(analysis))
-        for warning in getattr(analysis, "warnings", []):
-            terminalreporter.write_line(f"warning: {warning}", yellow=True)
         failed = sum(r["status"] == "failed" for r in self.rows)
         nan = sum(r["status"] == "nan" for r in self.rows)
         terminalreporter.write_line(

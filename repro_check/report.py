@@ -82,6 +82,13 @@ def failure_message(verdict: TestVerdict) -> str:
         else:
             assert verdict.comparison.divergence is not None
             lines.extend(_divergence_lines(verdict.comparison.divergence))
+    if verdict.localization:
+        loc = verdict.localization
+        where = f", traced step {loc['step']}" if loc.get("step") is not None else ""
+        lines.append(f"  localisation ({loc.get('kind')}{where}):")
+        lines.append(_indent(str(loc.get("message", "")).rstrip(), "    "))
+        if loc.get("note"):
+            lines.append("    note: " + loc["note"])
     if verdict.diagnosis:
         lines.append("  diagnosis: " + verdict.diagnosis)
     for note in verdict.notes:

@@ -40,9 +40,9 @@ def arm(context: RunContext, index: int) -> None:
             flat = parameter.view(-1)
             before = flat[element].clone()
             flat[element] = torch.nextafter(before, torch.tensor(float("inf"), dtype=before.dtype))
+            after = float(flat[element])
         context.run_info["bitflip"] = {
-            "parameter": name, "element": element,
-            "before": float(before), "after": float(flat[element]),
+            "parameter": name, "element": element, "before": float(before), "after": after,
         }
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(nudge)

@@ -26,6 +26,12 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_STEPS = 10
+
+
+def _is_module(value: Any) -> bool:
+    import torch
+
+    return isinstance(value, torch.nn.Module)
 MAX_PREDICTIONS = 4096
 
 
@@ -59,6 +65,8 @@ class RunContext:
         #: Facts about this run worth reporting (e.g. which weight a bit-flip run nudged).
         self.run_info: dict[str, Any] = {}
         self._cleanups: list[Any] = []
+        self._trace: tuple[int | None, int, str] | None = None
+        self._tracer: Any = None
 
     @property
     def seed(self) -> int:
@@ -104,7 +112,37 @@ class RunContext:
         if self.recorder is None:
             check_recordable(step, state)
             return
+        if self._trace is not None and self._tracer is not None and step == self._trace[1]:
+            self._stop_trace()
         self.recorder.record(step, state)
+        if self._trace is not None and step == self._trace[0]:
+            modules = [v for v in state.values() if _is_module(v)]
+            self._start_trace(modules[0] if modules else None)
+
+    def trace_window(self, start_after: int | None, stop_at: int, path: str) -> None:
+        """Trace every aten op between ``record(start_after)`` (None: from now) and
+        ``record(stop_at)`` into ``path`` -- the window where two replicas part."""
+        self._trace = (start_after, stop_at, path)
+        if start_after is None:
+            self._start_trace(None)
+
+    def _start_trace(self, root_module: Any) -> None:
+        from repro_check.core.optrace import OpTracer
+
+        self._tracer = OpTracer(root_module)
+        self._tracer.__enter__()
+        self.add_cleanup(self._stop_trace)
+
+    def _stop_trace(self) -> None:
+        if self._tracer is None or self._trace is None:
+            return
+        from repro_check.core.trace_io import write_trace
+
+        tracer, self._tracer = self._tracer, None
+        tracer.__exit__(None, None, None)
+        write_trace(self._trace[2], tracer.events, tracer.truncated)
+        self.run_info["trace_path"] = self._trace[2]
+        self.run_info["trace_events"] = len(tracer.events)
 
     def record_predictions(self, predictions: Any) -> None:
         """Keep the model's predictions on a fixed evaluation set (the last call wins): a

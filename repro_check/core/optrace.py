@@ -820,6 +820,8 @@ def diff_traces(
         if ea.args_hash != eb.args_hash:
             return _external(i, -1, ea, eb, ev_a, ev_b, labels, trunc_a or trunc_b)
         if [_key(x) for x in ea.outputs] != [_key(y) for y in eb.outputs]:
+            if _rebinds_storage(ea):
+                return _storage_entry(i, ea, eb, labels, trunc_a or trunc_b)
             return _nondeterministic(i, ea, eb, ev_a, ev_b, labels, trunc_a or trunc_b)
     truncated = trunc_a or trunc_b
     if len(ev_a) != len(ev_b) and not truncated:
@@ -997,6 +999,32 @@ def _external(
         message=msg + tail,
         details={"origin": "external", "sig_a": sa, "sig_b": sb},
         **base,
+    )
+
+
+def _rebinds_storage(event: OpEvent) -> bool:
+    """``aten::set_`` onto a Storage: the tensor now shows bytes no traced op wrote -- a
+    DataLoader batch arriving from a worker process through shared memory, or a file."""
+    return event.op == "aten::set_" and event.overload.startswith("source_Storage")
+
+
+def _storage_entry(
+    i: int, ea: OpEvent, eb: OpEvent, labels: tuple[str, str], truncated: bool
+) -> TraceDiff:
+    la, lb = labels
+    msg = (
+        f"External input at op #{i}: {ea.describe()} attached a tensor to memory filled outside "
+        f"the traced process (a DataLoader batch built by a worker process, or bytes read from a "
+        f"file), and its content differs ({la}: {_fmt_sigs(ea.outputs)}; {lb}: "
+        f"{_fmt_sigs(eb.outputs)}). The nondeterminism entered with the data at {ea.source}, "
+        "not in a torch op: look at the Dataset, its augmentation and the loader's "
+        "worker_init_fn (seed workers from torch.initial_seed(), as repro.dataloader_kwargs() "
+        "does)."
+    )
+    return TraceDiff(
+        "external-input", index=i, event_a=ea, event_b=eb, entered_at=ea.source,
+        entered_event=i, events_compared=i, truncated=truncated, message=msg,
+        advice="seed every worker from the loader's generator (repro.dataloader_kwargs())",
     )
 
 

@@ -56,15 +56,18 @@ class RunSpec:
     perturbations: Mapping[str, int] = field(default_factory=dict)
     bitflip: int | None = None  # nudge one weight by one ulp at initialisation (index k)
     label: str = ""
+    #: Trace the ops between record(start_after) and record(stop_at) into ``path``.
+    trace: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "perturbations": dict(self.perturbations),
-                "bitflip": self.bitflip, "label": self.label}
+                "bitflip": self.bitflip, "label": self.label,
+                "trace": dict(self.trace) if self.trace else None}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
         return cls(str(data["run_id"]), {str(k): int(v) for k, v in data["perturbations"].items()},
-                   data.get("bitflip"), data.get("label", ""))
+                   data.get("bitflip"), data.get("label", ""), data.get("trace"))
 
 
 @dataclass

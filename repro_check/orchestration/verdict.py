@@ -49,6 +49,7 @@ class TestVerdict:
     #: Replica 0's record and environment, kept only until the baseline has been checked.
     reference: ReplicaResult | None = field(default=None, repr=False)
     baseline: dict[str, Any] = field(default_factory=dict)  # path, action, check
+    localization: dict[str, Any] = field(default_factory=dict)  # the op (or line) to blame
 
     @property
     def failed(self) -> bool:
@@ -90,6 +91,7 @@ class TestVerdict:
             "rerun_command": self.rerun_command,
             "notes": self.notes,
             "baseline": self.baseline,
+            "localization": self.localization,
         }
 
 
