@@ -7,7 +7,7 @@ from torch import nn
 
 
 class RowCache(nn.Module):
-    def __init__(self, rows: int = 64, dim: int = 16) -> None:
+    def __init__(self, rows: int = 16, dim: int = 16) -> None:
         super().__init__()
         self.project = nn.Linear(dim, dim)
         self.head = nn.Linear(dim, 2)
@@ -27,9 +27,9 @@ def test_index_copy_with_duplicate_indices(repro):
         model = RowCache()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for step in range(repro.steps):
-        x = torch.randn(100_000, 16, generator=generator)
-        row_of = torch.randint(0, 64, (100_000,), generator=generator)
-        labels = torch.randint(0, 2, (64,), generator=generator)
+        x = torch.randn(400_000, 16, generator=generator)
+        row_of = torch.randint(0, 16, (400_000,), generator=generator)
+        labels = torch.randint(0, 2, (16,), generator=generator)
         loss = nn.functional.cross_entropy(model(x, row_of), labels)
         optimizer.zero_grad()
         loss.backward()

@@ -1,0 +1,438 @@
+"""repro_check.core.compare: tensor_diff finds the exact element; compare_runs the exact step/key."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from repro_check.core.compare import (
+    GROWTH_ROWS,
+    Comparison,
+    compare_runs,
+    tensor_diff,
+)
+from repro_check.core.record import Recorder, RunRecord
+from repro_check.core.spill import SpillWriter
+from repro_check.strategies import FLOAT_DTYPES, tensors
+
+PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+MB = 2**20
+
+
+# ------------------------------------------------------------------------- tensor_diff
+
+
+@PROPS
+@given(
+    data=st.data(),
+    x=tensors(dtypes=FLOAT_DTYPES, min_side=1, allow_nan=False, allow_infinity=False),
+    towards_plus=st.booleans(),
+)
+def test_one_nextafter_step_is_found_exactly(data, x, towards_plus):
+    x = x.clone(memory_format=torch.contiguous_format)  # see test_tiny_odd_strided_views
+    index = tuple(
+        data.draw(st.integers(0, side - 1), label=f"i{d}") for d, side in enumerate(x.shape)
+    )
+    y = x.clone()
+    target = torch.tensor(math.inf if towards_plus else -math.inf, dtype=x.dtype)
+    y[index] = torch.nextafter(x[index], target)
+    diff = tensor_diff(x, y)
+    assert diff.numel == x.numel()
+    assert diff.mismatched == 1
+    assert diff.max_abs_index == index
+    assert diff.max_abs > 0
+    assert diff.reference_value == float(x[index])
+    assert diff.other_value == float(y[index])
+    assert diff.max_rel_index == index
+    assert diff.mismatched_percent == pytest.approx(100.0 / x.numel())
+    assert diff.nan_mismatched == 0
+    # and it is symmetric in what it finds
+    back = tensor_diff(y, x)
+    assert (back.mismatched, back.max_abs_index, back.max_abs) == (1, index, diff.max_abs)
+
+
+@PROPS
+@given(x=tensors(min_side=0, allow_nan=False))
+def test_a_tensor_has_no_difference_with_its_copy(x):
+    if x.numel() == 0:
+        return  # see test_empty_tensors_have_no_difference (xfail: a bug)
+    x = x.clone(memory_format=torch.contiguous_format)  # see test_tiny_odd_strided_views
+    diff = tensor_diff(x, x.clone())
+    assert diff.mismatched == 0
+    assert diff.max_abs == 0.0
+    assert diff.max_rel == 0.0
+
+
+def test_mismatch_count_and_percent():
+    a = torch.zeros(10)
+    b = a.clone()
+    b[[2, 5, 7]] = torch.tensor([1.0, -3.0, 0.5])
+    diff = tensor_diff(a, b)
+    assert diff.mismatched == 3
+    assert diff.mismatched_percent == pytest.approx(30.0)
+    assert diff.max_abs == 3.0 and diff.max_abs_index == (5,)
+    assert (diff.reference_value, diff.other_value) == (0.0, -3.0)
+    text = diff.describe()
+    assert "elements differing: 3 / 10 (30.0%)" in text
+    assert "greatest absolute difference: 3 at index (5)" in text
+    assert json.dumps(diff.to_json(), allow_nan=False)  # JSON-safe, inf included
+
+
+def test_greatest_absolute_and_relative_differences_are_located_separately():
+    a = torch.tensor([[1.0, 100.0], [5.0, 5.0]], dtype=torch.float64)
+    b = torch.tensor([[1.1, 102.0], [5.0, 5.0]], dtype=torch.float64)
+    diff = tensor_diff(a, b)
+    assert diff.mismatched == 2
+    assert diff.max_abs_index == (0, 1) and diff.max_abs == pytest.approx(2.0)
+    assert diff.max_rel_index == (0, 0) and diff.max_rel == pytest.approx(0.1)
+    assert "greatest relative difference: 0.1 at index (0, 0)" in diff.describe()
+
+
+def test_relative_difference_against_zero_is_infinite():
+    diff = tensor_diff(torch.tensor([0.0, 1.0]), torch.tensor([1e-30, 1.0]))
+    assert diff.max_rel == math.inf and diff.max_rel_index == (0,)
+    assert diff.to_json()["max_rel"] == "inf"
+
+
+def test_nan_against_a_number():
+    a = torch.tensor([1.0, float("nan"), 3.0])
+    b = torch.tensor([1.0, 2.0, 3.0])
+    diff = tensor_diff(a, b)
+    assert diff.mismatched == 1
+    assert diff.nan_mismatched == 1
+    assert diff.max_abs == math.inf and diff.max_abs_index == (1,)
+    assert math.isnan(diff.reference_value) and diff.other_value == 2.0
+    assert "NaN in one replica only: 1 elements" in diff.describe()
+
+
+def test_identical_nans_do_not_differ_but_nan_payloads_do():
+    a = torch.tensor([float("nan"), 1.0])
+    assert tensor_diff(a, a.clone()).mismatched == 0
+    other_payload = a.clone()
+    other_payload.view(torch.int32)[0] = 0x7FC00001  # another NaN
+    diff = tensor_diff(a, other_payload)
+    assert diff.mismatched == 1  # the bits differ...
+    assert diff.nan_mismatched == 0 and diff.max_abs == 0.0  # ...the values are both NaN
+
+
+def test_negative_zero_is_a_bitwise_mismatch_of_size_zero():
+    diff = tensor_diff(torch.tensor([0.0, 1.0]), torch.tensor([-0.0, 1.0]))
+    assert diff.mismatched == 1
+    assert diff.max_abs == 0.0
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "index"),
+    [
+        (
+            torch.tensor([1, 2, 3], dtype=torch.int8),
+            torch.tensor([1, 5, 3], dtype=torch.int8),
+            (1,),
+        ),
+        (torch.tensor([[True, False]]), torch.tensor([[True, True]]), (0, 1)),
+        (torch.tensor(7, dtype=torch.int64), torch.tensor(9, dtype=torch.int64), ()),
+        (
+            torch.tensor([1.0, 2.0], dtype=torch.bfloat16),
+            torch.tensor([1.0, 2.5], dtype=torch.bfloat16),
+            (1,),
+        ),
+    ],
+    ids=["int8", "bool", "0-d int64", "bfloat16"],
+)
+def test_integer_bool_and_0d_tensors(a, b, index):
+    diff = tensor_diff(a, b)
+    assert diff.mismatched == 1
+    assert diff.max_abs_index == index
+
+
+def test_dtype_or_shape_mismatch_is_refused():
+    with pytest.raises(ValueError, match="equal dtype and shape"):
+        tensor_diff(torch.zeros(3), torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="equal dtype and shape"):
+        tensor_diff(torch.zeros(3), torch.zeros(1, 3))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: tensor_diff reshapes the mismatch mask to (numel, -1) before its numel == 0 "
+    "early return; torch cannot infer -1 for 0 elements",
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bool], ids=str)
+def test_empty_tensors_have_no_difference(dtype):
+    diff = tensor_diff(torch.empty(0, 3, dtype=dtype), torch.empty(0, 3, dtype=dtype))
+    assert (diff.numel, diff.mismatched) == (0, 0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: tensor_diff views a flattened 1-element tensor as uint8 without making its "
+    "stride 1 (same as raw_bytes in fingerprint.py); torch refuses the view",
+)
+def test_tiny_odd_strided_views():
+    column = torch.arange(8.0).reshape(2, 4)[:1, 1]  # one element, stride 4
+    diff = tensor_diff(column, column + 1)
+    assert (diff.mismatched, diff.max_abs_index) == (1, (0,))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: for complex tensors tensor_diff compares magnitudes (|a| - |b|) instead of the "
+    "magnitude of the difference |a - b|: a phase change is reported as a difference of 0",
+)
+def test_complex_difference_is_the_modulus_of_the_difference():
+    a = torch.tensor([1 + 1j, 2 + 0j], dtype=torch.complex64)
+    b = torch.tensor([1 - 1j, 2 + 0j], dtype=torch.complex64)
+    diff = tensor_diff(a, b)
+    assert diff.mismatched == 1
+    assert diff.max_abs == pytest.approx(2.0)
+
+
+# ------------------------------------------------------------------------- compare_runs
+
+
+def train_run(
+    tmp_path: Path,
+    name: str,
+    *,
+    steps: int = 6,
+    budget: int = 64 * MB,
+    perturb: tuple[int, str, tuple[int, ...]] | None = None,
+    delta: float | None = None,
+    spill: bool = True,
+) -> RunRecord:
+    """A real training run (Linear + SGD with momentum) recorded with a spill file.
+
+    ``perturb=(step, parameter, index)`` moves one element of one parameter by one ulp right
+    after that step's optimizer update, before recording -- a planted divergence (by ``delta``
+    instead of one ulp when given).
+    """
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    data = torch.Generator().manual_seed(1)
+    writer = SpillWriter(tmp_path / f"{name}.bin", budget) if spill else None
+    recorder = Recorder(writer)
+    for step in range(steps):
+        x = torch.randn(16, 5, generator=data)
+        loss = model(x).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if perturb is not None and perturb[0] == step:
+            parameter = dict(model.named_parameters())[perturb[1]]
+            with torch.no_grad():
+                element = parameter[perturb[2]]
+                moved = torch.nextafter(element, element + 1) if delta is None else element + delta
+                parameter[perturb[2]] = moved
+        recorder.record(step, {"model": model, "optimizer": optimizer, "loss": loss})
+    return recorder.close()
+
+
+def test_identical_runs(tmp_path):
+    a, b = train_run(tmp_path, "a"), train_run(tmp_path, "b")
+    comparison = compare_runs(a, b)
+    assert isinstance(comparison, Comparison)
+    assert comparison.identical
+    assert comparison.structural is None and comparison.divergence is None
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    step=st.integers(0, 5),
+    parameter=st.sampled_from(["weight", "bias"]),
+    data=st.data(),
+)
+def test_divergence_is_reported_at_the_exact_step_and_key(tmp_path_factory, step, parameter, data):
+    tmp = tmp_path_factory.mktemp("runs")
+    index = (data.draw(st.integers(0, 2)),) + (
+        (data.draw(st.integers(0, 4)),) if parameter == "weight" else ()
+    )
+    reference = train_run(tmp, "ref")
+    other = train_run(tmp, "other", perturb=(step, parameter, index))
+    comparison = compare_runs(reference, other)
+    assert not comparison.identical and comparison.structural is None
+    d = comparison.divergence
+    assert d is not None
+    assert d.step == step
+    assert d.key == f"model.{parameter}"
+    assert d.keys_differing[0] == f"model.{parameter}"
+    assert d.shape == ((3, 5) if parameter == "weight" else (3,))
+    assert d.dtype == "float32"
+    # element-level detail from the spill files: exactly the planted element, by one ulp
+    assert d.detail is not None and d.detail_unavailable is None
+    assert d.detail.mismatched == 1
+    assert d.detail.max_abs_index == index
+    assert 0 < d.detail.max_abs < 1e-6
+    assert d.growth[0].step == step
+    assert json.dumps(d.to_json(), allow_nan=False)
+
+
+def test_detail_unavailable_without_spill_budget(tmp_path):
+    reference = train_run(tmp_path, "ref", budget=0)
+    other = train_run(tmp_path, "other", budget=0, perturb=(2, "bias", (1,)))
+    assert reference.spill_exhausted and other.spill_exhausted
+    d = compare_runs(reference, other).divergence
+    assert d is not None and (d.step, d.key) == (2, "model.bias")
+    assert d.detail is None
+    assert "--repro-spill-mb" in d.detail_unavailable
+    assert all(row.max_abs is None for row in d.growth)
+
+
+def test_detail_unavailable_when_nothing_was_spilled(tmp_path):
+    reference = train_run(tmp_path, "ref", spill=False)
+    other = train_run(tmp_path, "other", spill=False, perturb=(1, "weight", (0, 0)))
+    d = compare_runs(reference, other).divergence
+    assert d is not None and d.detail is None
+    assert "not spilled" in d.detail_unavailable
+
+
+def test_budget_exhausted_midway_keeps_early_detail_only(tmp_path):
+    # Linear(5, 3) + momentum: well under 1 KB per step; 600 bytes run out during step 1 or 2
+    reference = train_run(tmp_path, "ref", budget=600)
+    other = train_run(tmp_path, "other", budget=600, perturb=(0, "weight", (2, 4)))
+    assert reference.spill_exhausted
+    d = compare_runs(reference, other).divergence
+    assert d is not None and d.step == 0
+    assert d.detail is not None and d.detail.max_abs_index == (2, 4)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: Recorder only sets RunRecord.spill_exhausted when it tries a write itself; a "
+    "run recorded with a SpillWriter already exhausted by an earlier test (one writer per "
+    "replica session) says 'tensors were not spilled' instead of pointing at --repro-spill-mb",
+)
+def test_exhausted_shared_spill_still_points_at_the_budget_flag(tmp_path):
+    writers = {name: SpillWriter(tmp_path / f"{name}.bin", 100) for name in ("ref", "other")}
+    runs = {}
+    for name, writer in writers.items():
+        # an earlier test in the same replica session used up the budget
+        first = Recorder(writer)
+        first.record(0, {"big": torch.zeros(1000)})
+        assert writer.exhausted
+        second = Recorder(writer)
+        second.record(0, {"x": torch.tensor([1.0, 2.0 if name == "ref" else 3.0])})
+        runs[name] = second.run
+    d = compare_runs(runs["ref"], runs["other"]).divergence
+    assert d is not None and d.detail is None
+    assert "--repro-spill-mb" in d.detail_unavailable
+
+
+# ------------------------------------------------------------------------- structure
+
+
+def record(steps: list[tuple[int, dict]]) -> RunRecord:
+    recorder = Recorder(None)
+    for step, state in steps:
+        recorder.record(step, state)
+    return recorder.close()
+
+
+def test_different_number_of_steps():
+    a = record([(0, {"x": torch.ones(2)}), (1, {"x": torch.ones(2)})])
+    b = record([(0, {"x": torch.ones(2)})])
+    s = compare_runs(a, b).structural
+    assert s is not None and s.kind == "steps"
+    assert "2 vs 1 records" in s.message
+    assert "step 1 vs (none)" in s.message
+
+
+def test_different_step_numbers():
+    a = record([(0, {"x": torch.ones(2)}), (1, {"x": torch.ones(2)})])
+    b = record([(0, {"x": torch.ones(2)}), (2, {"x": torch.ones(2)})])
+    s = compare_runs(a, b).structural
+    assert s is not None and s.kind == "steps" and s.step == 1
+    assert "step 1 vs step 2" in s.message
+
+
+def test_steps_mismatch_carries_the_step_number():
+    # regression: the step used to be the display string "step 1"
+    a = record([(0, {"x": torch.ones(2)}), (1, {"x": torch.ones(2)})])
+    b = record([(0, {"x": torch.ones(2)})])
+    s = compare_runs(a, b).structural
+    assert s is not None and s.kind == "steps"
+    assert s.step == 1
+    assert s.to_json()["step"] == 1
+
+
+def test_different_key_sets_name_the_keys():
+    a = record([(0, {"x": torch.ones(2), "y": torch.ones(2)})])
+    b = record([(0, {"x": torch.ones(2), "z": torch.ones(2)})])
+    s = compare_runs(a, b).structural
+    assert s is not None and s.kind == "keys" and s.step == 0
+    assert "only in the reference: y" in s.message
+    assert "only in the other replica: z" in s.message
+    assert s.key == "y"
+
+
+def test_same_keys_in_another_order():
+    a = record([(0, {"x": torch.ones(2), "y": torch.ones(2)})])
+    b = record([(0, {"y": torch.ones(2), "x": torch.ones(2)})])
+    s = compare_runs(a, b).structural
+    assert s is not None and s.kind == "keys"
+    assert "different order" in s.message
+
+
+def test_dtype_change_is_structural():
+    a = record([(0, {"x": torch.ones(2)})])
+    b = record([(0, {"x": torch.ones(2, dtype=torch.float64)})])
+    s = compare_runs(a, b).structural
+    assert s is not None and (s.kind, s.step, s.key) == ("dtype", 0, "x")
+    assert "float32 vs float64" in s.message
+
+
+def test_shape_change_is_structural():
+    a = record([(0, {"x": torch.ones(2)}), (1, {"x": torch.ones(2)})])
+    b = record([(0, {"x": torch.ones(2)}), (1, {"x": torch.ones(1, 2)})])
+    s = compare_runs(a, b).structural
+    assert s is not None and (s.kind, s.step, s.key) == ("shape", 1, "x")
+    assert s.to_json()["kind"] == "shape"
+
+
+def test_structure_is_checked_before_values():
+    a = record([(0, {"x": torch.ones(2)}), (1, {"x": torch.ones(2)})])
+    b = record([(0, {"x": torch.zeros(2)}), (1, {"x": torch.ones(3)})])
+    comparison = compare_runs(a, b)
+    assert comparison.structural is not None and comparison.structural.kind == "shape"
+    assert comparison.divergence is None
+
+
+# ------------------------------------------------------------------------- growth table
+
+
+def test_growth_table_rows(tmp_path):
+    steps = 20
+    reference = train_run(tmp_path, "ref", steps=steps)
+    other = train_run(tmp_path, "other", steps=steps, perturb=(2, "weight", (1, 1)), delta=0.05)
+    d = compare_runs(reference, other).divergence
+    assert d is not None and (d.step, d.key) == (2, "model.weight")
+    rows = d.growth
+    assert 1 < len(rows) <= GROWTH_ROWS
+    assert [r.step for r in rows[:3]] == [2, 3, 4]  # the first rows, then spread to the end
+    assert rows[-1].step == steps - 1
+    assert [r.step for r in rows] == sorted({r.step for r in rows})
+    assert all(r.keys_total == len(reference.steps[0].entries) for r in rows)
+    assert rows[0].keys_differing == 1  # only the planted weight at the planted step
+    assert rows[1].keys_differing > 1  # then it spreads (bias, momentum, loss, ...)
+    assert rows[0].max_abs is not None and rows[0].max_abs > 0
+    assert rows[0].metrics["metric.loss"][0] == rows[0].metrics["metric.loss"][1]  # before
+    assert rows[-1].metrics["metric.loss"][0] != rows[-1].metrics["metric.loss"][1]  # after
+    assert json.dumps([r.to_json() for r in rows], allow_nan=False)
+
+
+def test_short_divergence_lists_every_remaining_step(tmp_path):
+    reference = train_run(tmp_path, "ref", steps=5)
+    other = train_run(tmp_path, "other", steps=5, perturb=(1, "bias", (0,)))
+    d = compare_runs(reference, other).divergence
+    assert d is not None
+    assert [r.step for r in d.growth] == [1, 2, 3, 4]

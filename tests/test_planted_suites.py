@@ -1,0 +1,220 @@
+"""The real suites, end to end: the planted failures are caught where they were planted, the
+reference suites are reproducible, and without ``--repro`` the planted files are not collected.
+
+The three pytest sessions are independent, so they run concurrently (one fixture, three fresh
+processes) from the repository root, exactly as a user runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PLANTED = ROOT / "suites" / "nondeterministic"
+DROPPED_ENV = (
+    "PYTEST_ADDOPTS",
+    "PYTEST_XDIST_WORKER",
+    "PYTEST_XDIST_WORKER_COUNT",
+    "PYTEST_CURRENT_TEST",
+    "PYTEST_PLUGINS",
+    "GITHUB_STEP_SUMMARY",
+    "PYTEST_DISABLE_PLUGIN_AUTOLOAD",
+)
+
+UNSEEDED = "suites/nondeterministic/test_unseeded_numpy.py::test_unseeded_numpy_data"
+INDEX_PUT = "suites/nondeterministic/test_index_put_accumulate.py::test_index_put_accumulate"
+LATE = "suites/nondeterministic/test_late_divergence.py::test_divergence_after_first_epoch"
+SET_ITERATION = "suites/nondeterministic/test_set_iteration.py::test_vocabulary_from_set"
+REFERENCE_TESTS = {
+    "suites/test_cnn.py::test_cnn_augmented_workers",
+    "suites/test_lstm.py::test_lstm_sgd[16]",
+    "suites/test_lstm.py::test_lstm_sgd[32]",
+    "suites/test_mlp.py::test_mlp_adam",
+    "suites/test_transformer.py::test_transformer_dropout",
+}
+
+
+#: The planted suites this file checks, named on the command line (the folder holds more).
+PLANTED_FILES = [
+    "suites/nondeterministic/test_unseeded_numpy.py",
+    "suites/nondeterministic/test_index_put_accumulate.py",
+    "suites/nondeterministic/test_late_divergence.py",
+    "suites/nondeterministic/test_set_iteration.py",
+]
+
+
+def epoch_steps() -> int:
+    """EPOCH_STEPS of the late-divergence suite (read, not imported: it is a test module)."""
+    source = (PLANTED / "test_late_divergence.py").read_text()
+    return int(re.search(r"^EPOCH_STEPS = (\d+)", source, re.MULTILINE).group(1))
+
+
+@dataclass
+class Finished:
+    ret: int
+    output: str
+    report_dir: Path | None = None
+
+    def report(self) -> dict:
+        assert self.report_dir is not None
+        return json.loads((self.report_dir / "report.json").read_text())
+
+    def tests(self) -> dict[str, dict]:
+        return {test["nodeid"]: test for test in self.report()["tests"]}
+
+    def failure(self, test: str) -> str:
+        lines = self.output.splitlines()
+        header = re.compile(r"_{3,} " + re.escape(test) + r" _{3,}")
+        end = re.compile(r"(_{3,} \S+ _{3,}|={3,} .* ={3,})")
+        start = next(i for i, line in enumerate(lines) if header.fullmatch(line))
+        stop = next(
+            (j for j in range(start + 1, len(lines)) if end.fullmatch(lines[j])), len(lines)
+        )
+        return "\n".join(lines[start + 1 : stop])
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory) -> dict[str, Finished]:
+    reports = tmp_path_factory.mktemp("suite-reports")
+    env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
+    common = ["-p", "no:cacheprovider", "-p", "no:randomly"]
+    commands = {
+        "planted": ["--repro", *PLANTED_FILES, *common, f"--repro-report={reports / 'planted'}"],
+        "named_folder": ["--collect-only", "-q", "suites/nondeterministic/", *common],
+        "reference": ["--repro", "suites/", *common, f"--repro-report={reports / 'reference'}"],
+        "plain": ["suites/", *common, "-v"],
+    }
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "pytest", *args],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        for name, args in commands.items()
+    }
+    finished = {}
+    for name, process in processes.items():
+        try:
+            output, _ = process.communicate(timeout=480)
+        except subprocess.TimeoutExpired:
+            for other in processes.values():
+                other.kill()
+            raise
+        report_dir = reports / name if name in ("planted", "reference") else None
+        finished[name] = Finished(process.returncode, output, report_dir)
+    return finished
+
+
+# ----------------------------------------------------------------------------- planted
+
+
+def test_every_planted_test_fails(sessions):
+    planted = sessions["planted"]
+    assert re.search(r"\b4 failed in\b", planted.output), planted.output
+    assert planted.ret == pytest.ExitCode.TESTS_FAILED
+    tests = planted.tests()
+    assert set(tests) == {UNSEEDED, INDEX_PUT, LATE, SET_ITERATION}
+    assert all(test["status"] == "diverged" for test in tests.values())
+    assert planted.report()["totals"] == {**planted.report()["totals"], "tests": 4, "failed": 4}
+
+
+def test_unseeded_numpy_diverges_at_step_0(sessions):
+    planted = sessions["planted"]
+    divergence = planted.tests()[UNSEEDED]["divergence"]
+    assert (divergence["step"], divergence["key"]) == (0, "model.fc1.weight")
+    text = planted.failure("test_unseeded_numpy_data")
+    assert "first divergence: step 0, model.fc1.weight (float32, shape (64, 20))" in text
+    assert "the nondeterminism is inside the run" in text
+    assert (
+        text.strip().splitlines()[-1].strip()
+        == f"pytest --repro --repro-seed=0 --repro-runs=2 {UNSEEDED}"
+    )
+
+
+def test_index_put_accumulate_diverges_in_the_model(sessions):
+    # thread scheduling decides when (and in which tensor) the bits first differ
+    planted = sessions["planted"]
+    test = planted.tests()[INDEX_PUT]
+    divergence = test["divergence"]
+    assert 0 <= divergence["step"] < test["steps"] == 5
+    assert divergence["key"].startswith("model.")
+    assert "the nondeterminism is inside the run" in test["diagnosis"]
+    assert f"first divergence: step {divergence['step']}, {divergence['key']}" in planted.failure(
+        "test_index_put_accumulate"
+    )
+
+
+def test_late_divergence_appears_after_the_first_epoch(sessions):
+    planted = sessions["planted"]
+    divergence = planted.tests()[LATE]["divergence"]
+    assert epoch_steps() == 4
+    assert (divergence["step"], divergence["key"]) == (epoch_steps(), "model.fc1.weight")
+    growth = divergence["growth"]
+    assert growth[0]["step"] == epoch_steps() and growth[-1]["step"] == 9  # steps=10
+    assert "first divergence: step 4, model.fc1.weight" in planted.failure(
+        "test_divergence_after_first_epoch"
+    )
+
+
+def test_set_iteration_is_diagnosed_as_process_level_state(sessions):
+    planted = sessions["planted"]
+    test = planted.tests()[SET_ITERATION]
+    assert test["divergence"]["step"] == 0
+    assert test["diagnosis"].startswith("only process-level state differs")
+    assert "PYTHONHASHSEED" in test["diagnosis"]
+    text = planted.failure("test_vocabulary_from_set")
+    assert "first divergence: step 0," in text
+    assert "diagnosis: only process-level state differs" in text
+
+
+def test_planted_summary_table(sessions):
+    output = sessions["planted"].output
+    summary = output.split("repro summary", 1)[1]
+    assert "4 tests, 4 not reproducible or failing" in summary
+    assert re.search(re.escape(UNSEEDED) + r" .* diverged .*step 0: model\.fc1\.weight", summary)
+    assert re.search(re.escape(LATE) + r" .* diverged .*step 4: model\.fc1\.weight", summary)
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def test_reference_suites_are_reproducible(sessions):
+    # the five reference suites at least (the folder may gain more marked tests)
+    reference = sessions["reference"]
+    assert reference.ret == pytest.ExitCode.OK, reference.output
+    tests = reference.tests()
+    assert REFERENCE_TESTS <= set(tests)
+    assert {test["status"] for test in tests.values()} == {"identical"}
+    assert all(test["steps"] > 0 and test["keys"] > 0 for test in tests.values())
+    assert re.search(rf"\b{len(tests)} passed in\b", reference.output)
+    assert f"{len(tests)} tests, 0 not reproducible or failing" in reference.output
+    assert "nondeterministic" not in reference.output
+
+
+def test_plain_run_is_green_and_collects_no_planted_test(sessions):
+    plain = sessions["plain"]
+    assert plain.ret == pytest.ExitCode.OK, plain.output
+    assert re.search(r"\b\d+ passed in\b", plain.output)
+    assert not re.search(r"\b(failed|error)\b", plain.output.splitlines()[-1])
+    for nodeid in REFERENCE_TESTS:
+        assert f"{nodeid} PASSED" in plain.output
+    assert "nondeterministic" not in plain.output
+    assert "repro summary" not in plain.output
+
+
+def test_planted_folder_is_collected_when_named(sessions):
+    collected = sessions["named_folder"]
+    assert collected.ret == pytest.ExitCode.OK, collected.output
+    for path in PLANTED_FILES:
+        assert f"{path}::" in collected.output
