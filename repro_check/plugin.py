@@ -47,13 +47,21 @@ from repro_check.orchestration.verdict import (
     BASELINE_MISMATCH,
     BASELINE_MISSING,
     DIVERGED,
+    FAILING,
     IDENTICAL,
     SINGLE,
     SKIPPED,
     TestVerdict,
     judge,
 )
-from repro_check.report import failure_message, human_bytes, summary_table, write_reports
+from repro_check.report import (
+    RenderedVerdict,
+    failure_message,
+    human_bytes,
+    render,
+    summary_table,
+    write_reports,
+)
 
 MARKER = "repro"
 WORKER_SCHEMA = "repro-check/worker-spec"
@@ -472,7 +480,7 @@ class ParentSession(_SessionBase):
         self.base_seed = options.base_seed
         self.subprocess = options.mode == "subprocess"
         self.specs = default_specs(options.runs, subprocess=self.subprocess)
-        self.verdicts: list[TestVerdict] = []
+        self.verdicts: list[RenderedVerdict] = []
         self.tmpdir = Path(tempfile.mkdtemp(prefix="repro-check-"))
         self.pool: ReplicaPool | None = None
         self._inprocess_results: dict[str, list[ReplicaResult]] = {}
@@ -594,12 +602,25 @@ class ParentSession(_SessionBase):
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
-        result = yield  # in subprocess mode pytest_pyfunc_call below replaced the body
         last = len(self.specs) - 1
-        if not self.subprocess and is_repro_item(item) and self.replica_index(item) == last:
+        judged_here = not self.subprocess and is_repro_item(item) and (
+            self.replica_index(item) == last)
+        error = ""
+        try:
+            result = yield  # in subprocess mode pytest_pyfunc_call below replaced the body
+        except Exception:  # the last replica raised: judged like any replica (skips pass through)
+            if not judged_here:
+                raise
+            import traceback
+
+            error, result = traceback.format_exc(limit=-8), None
+        if judged_here:
             started = item.stash.get(reports_key, [time.perf_counter()])[0]
             results = self._inprocess_results.pop(item.nodeid, [])
-            results.append(self._inprocess_result(item, last, [], started))
+            last_result = self._inprocess_result(item, last, [], started)
+            if error:
+                last_result.outcome, last_result.error = "failed", error
+            results.append(last_result)
             self._judge(item, iter(results))
         return result
 
@@ -632,7 +653,7 @@ class ParentSession(_SessionBase):
         if verdict.status in (IDENTICAL, SINGLE) and self.options.baseline != "off":
             self._baseline_stage(item, verdict)
         verdict.reference = None  # drop the record: memory stays flat across tests
-        self.verdicts.append(verdict)
+        self.verdicts.append(render(verdict))
         item.user_properties.append(("repro_verdict", verdict.status))
         item.user_properties.append(("repro_seed", str(verdict.seed)))
         if verdict.first_divergence():
@@ -744,7 +765,10 @@ class ParentSession(_SessionBase):
         from concurrent.futures import ThreadPoolExecutor
 
         position = steps.index(step) if step in steps else 0
-        window = {"start_after": steps[position - 1] if position else None, "stop_at": step}
+        # First attempt: only the divergent step. Retries trace from the start, because an
+        # intermittent divergence may part earlier in the rerun than in the original run.
+        start_after = steps[position - 1] if position and attempt == 0 else None
+        window = {"start_after": start_after, "stop_at": step}
         folder = self.tmpdir / f"investigate-{_slug(item.nodeid)}-{attempt}"
         specs, jobs = [], []
         for index, original in enumerate(originals[: 2 if localize else 1]):
@@ -820,17 +844,17 @@ class ParentSession(_SessionBase):
             return
         terminalreporter.section("repro summary")
         terminalreporter.write_line(summary_table(self.verdicts))
-        total = sum(v.bytes_fingerprinted for v in self.verdicts)
-        failed = sum(v.failed for v in self.verdicts)
+        total = sum(v.json["bytes_fingerprinted"] for v in self.verdicts)
+        failed = sum(v.json["status"] in FAILING for v in self.verdicts)
         terminalreporter.write_line(
             f"{len(self.verdicts)} tests, {failed} not reproducible or failing; "
             f"{human_bytes(total)} fingerprinted; base seed {self.base_seed}"
         )
         for verdict in self.verdicts:
-            if verdict.nonfinite and not verdict.failed:  # reproducible, yet worth knowing
-                terminalreporter.write_line(
-                    f"warning: {verdict.nodeid} reproducibly produced non-finite values "
-                    f"(first: {verdict.nonfinite})", yellow=True)
+            if verdict.json["nonfinite"] and verdict.json["status"] not in FAILING:
+                terminalreporter.write_line(  # reproducible, yet worth knowing
+                    f"warning: {verdict.json['nodeid']} reproducibly produced non-finite values "
+                    f"(first: {verdict.json['nonfinite']})", yellow=True)
         for path in self._unused_baselines():
             terminalreporter.write_line(
                 f"unused baseline (no collected test uses it; delete it if the test is gone): "
@@ -848,6 +872,11 @@ class ParentSession(_SessionBase):
             spill.close()
         if getattr(self.config, "cache", None) is not None:
             self.config.cache.set(CACHE_KEY, self.base_seed)
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: the controller reports for everyone
+            workeroutput["repro_verdicts"] = [v.to_json() for v in self.verdicts]
+            workeroutput["repro_baselines_used"] = sorted(map(str, self._baselines_used))
+            return
         if self.verdicts:
             self._write_step_summary()
         if self.verdicts and self.options.report_dir is not None:
@@ -860,6 +889,13 @@ class ParentSession(_SessionBase):
                     f"repro-check: could not write the report to {self.options.report_dir}: "
                     f"{exc.strerror or exc}; choose another folder with --repro-report=DIR"
                 )
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist controller: gather the verdicts each worker judged."""
+        output = getattr(node, "workeroutput", {}) or {}
+        self.verdicts.extend(RenderedVerdict.from_json(v) for v in output.get("repro_verdicts", []))
+        self._baselines_used.update(Path(p) for p in output.get("repro_baselines_used", []))
 
     def _unused_baselines(self) -> list[Path]:
         """Like syrupy's unused snapshots -- only when whole files were collected unfiltered."""

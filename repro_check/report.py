@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from repro_check.orchestration.verdict import (
     BASELINE_MISSING,
     DIVERGED,
     ERROR,
+    FAILING,
     NOT_RECORDED,
-    SKIPPED,
     STRUCTURAL,
     TestVerdict,
 )
@@ -191,27 +192,47 @@ def baseline_cell(v: TestVerdict) -> str:
     return action or "-"
 
 
-def summary_rows(verdicts: Sequence[TestVerdict]) -> list[list[Any]]:
-    rows = []
-    for v in verdicts:
-        status = v.status
-        if v.status == SKIPPED:
-            status = "skipped"
-        elif v.nonfinite and not v.failed:
-            status += " (NaN/inf)"
-        rows.append([
-            v.nodeid, len(v.specs), v.steps, v.keys, human_bytes(v.bytes_fingerprinted),
-            status, baseline_cell(v), v.first_divergence() or ("-" if not v.error else v.error.splitlines()[0][:60]),
-        ])
-    return rows
+@dataclass
+class RenderedVerdict:
+    """A verdict as the reports need it: JSON, summary row, failure text. Plain data, so that
+    pytest-xdist workers can ship their verdicts to the controller, which writes the reports."""
+
+    json: dict[str, Any]
+    row: list[Any]
+    failure: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.failure)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"json": self.json, "row": self.row, "failure": self.failure}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RenderedVerdict:
+        return cls(data["json"], data["row"], data.get("failure", ""))
 
 
-def summary_table(verdicts: Sequence[TestVerdict], tablefmt: str = "simple") -> str:
-    return tabulate(summary_rows(verdicts), headers=SUMMARY_HEADERS, tablefmt=tablefmt)
+def summary_row(v: TestVerdict) -> list[Any]:
+    status = v.status
+    if v.nonfinite and not v.failed:
+        status += " (NaN/inf)"
+    detail = v.first_divergence() or ("-" if not v.error else v.error.splitlines()[0][:60])
+    return [v.nodeid, len(v.specs), v.steps, v.keys, human_bytes(v.bytes_fingerprinted),
+            status, baseline_cell(v), detail]
+
+
+def render(v: TestVerdict) -> RenderedVerdict:
+    failure = failure_message(v) if (v.failed or v.diagnosis) else ""
+    return RenderedVerdict(v.to_json(), summary_row(v), failure)
+
+
+def summary_table(verdicts: Sequence[RenderedVerdict], tablefmt: str = "simple") -> str:
+    return tabulate([v.row for v in verdicts], headers=SUMMARY_HEADERS, tablefmt=tablefmt)
 
 
 def report_document(
-    verdicts: Sequence[TestVerdict], *, session: dict[str, Any]
+    verdicts: Sequence[RenderedVerdict], *, session: dict[str, Any]
 ) -> dict[str, Any]:
     return {
         "schema": REPORT_SCHEMA,
@@ -220,14 +241,14 @@ def report_document(
         "session": session,
         "totals": {
             "tests": len(verdicts),
-            "failed": sum(v.failed for v in verdicts),
-            "identical": sum(v.status == "identical" for v in verdicts),
+            "failed": sum(v.json["status"] in FAILING for v in verdicts),
+            "identical": sum(v.json["status"] == "identical" for v in verdicts),
         },
-        "tests": [v.to_json() for v in verdicts],
+        "tests": [v.json for v in verdicts],
     }
 
 
-def markdown_report(verdicts: Sequence[TestVerdict], document: dict[str, Any]) -> str:
+def markdown_report(verdicts: Sequence[RenderedVerdict], document: dict[str, Any]) -> str:
     session = document["session"]
     lines = [
         "# repro-check report",
@@ -245,16 +266,16 @@ def markdown_report(verdicts: Sequence[TestVerdict], document: dict[str, Any]) -
         lines += ["## Environment", ""]
         lines += [f"- {key}: {value}" for key, value in environment.items()]
         lines.append("")
-    failures = [v for v in verdicts if v.failed or v.diagnosis]
+    failures = [v for v in verdicts if v.failure]
     if failures:
         lines += ["## Failures", ""]
         for v in failures:
-            lines += [f"### {v.nodeid}", "", "```", failure_message(v), "```", ""]
+            lines += [f"### {v.json['nodeid']}", "", "```", v.failure, "```", ""]
     return "\n".join(lines)
 
 
 def write_reports(
-    directory: Path, verdicts: Sequence[TestVerdict], *, session: dict[str, Any]
+    directory: Path, verdicts: Sequence[RenderedVerdict], *, session: dict[str, Any]
 ) -> list[Path]:
     """Write report.json and report.md atomically; returns the paths written."""
     document = report_document(verdicts, session=session)

@@ -158,33 +158,18 @@ def test_dtype_or_shape_mismatch_is_refused():
         tensor_diff(torch.zeros(3), torch.zeros(1, 3))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: tensor_diff reshapes the mismatch mask to (numel, -1) before its numel == 0 "
-    "early return; torch cannot infer -1 for 0 elements",
-)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bool], ids=str)
 def test_empty_tensors_have_no_difference(dtype):
     diff = tensor_diff(torch.empty(0, 3, dtype=dtype), torch.empty(0, 3, dtype=dtype))
     assert (diff.numel, diff.mismatched) == (0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: tensor_diff views a flattened 1-element tensor as uint8 without making its "
-    "stride 1 (same as raw_bytes in fingerprint.py); torch refuses the view",
-)
 def test_tiny_odd_strided_views():
     column = torch.arange(8.0).reshape(2, 4)[:1, 1]  # one element, stride 4
     diff = tensor_diff(column, column + 1)
     assert (diff.mismatched, diff.max_abs_index) == (1, (0,))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: for complex tensors tensor_diff compares magnitudes (|a| - |b|) instead of the "
-    "magnitude of the difference |a - b|: a phase change is reported as a difference of 0",
-)
 def test_complex_difference_is_the_modulus_of_the_difference():
     a = torch.tensor([1 + 1j, 2 + 0j], dtype=torch.complex64)
     b = torch.tensor([1 - 1j, 2 + 0j], dtype=torch.complex64)
@@ -306,12 +291,6 @@ def test_budget_exhausted_midway_keeps_early_detail_only(tmp_path):
     assert d.detail is not None and d.detail.max_abs_index == (2, 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Recorder only sets RunRecord.spill_exhausted when it tries a write itself; a "
-    "run recorded with a SpillWriter already exhausted by an earlier test (one writer per "
-    "replica session) says 'tensors were not spilled' instead of pointing at --repro-spill-mb",
-)
 def test_exhausted_shared_spill_still_points_at_the_budget_flag(tmp_path):
     writers = {name: SpillWriter(tmp_path / f"{name}.bin", 100) for name in ("ref", "other")}
     runs = {}

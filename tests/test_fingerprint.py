@@ -233,12 +233,6 @@ def test_expanded_stride_zero_tensor():
     assert fingerprint_tensor(expanded) == fingerprint_tensor(row.repeat(4, 1))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: raw_bytes() calls .view(torch.uint8) on a flattened tensor of 0 or 1 elements "
-    "whose stride is not 1 (is_contiguous() ignores strides there, so no copy is made) and "
-    "torch refuses the view",
-)
 @pytest.mark.parametrize(
     "make",
     [

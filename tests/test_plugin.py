@@ -437,12 +437,6 @@ def test_unseeded_rng_fails_in_process_too(inprocess_session):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: in-process mode judges in ParentSession.pytest_runtest_call after `result = "
-    "yield`; when the last replica raises, the yield re-raises and the verdict is never made: "
-    "plain traceback, no 'raised an error' message, no summary row",
-)
 def test_a_raising_test_is_an_error_in_process_mode_too(inprocess_session):
     text = inprocess_session.failure("test_raises")
     assert "raised an error" in text and "not nondeterminism" in text
@@ -738,12 +732,6 @@ def test_zero_spill_budget_says_how_to_get_detail(no_spill_session):
     assert "elements differing" not in first
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: one SpillWriter serves every test of a replica; once it is exhausted, later "
-    "tests' RunRecords keep spill_exhausted=False (Recorder only sets it on a write attempt), "
-    "so their failures say 'tensors were not spilled' without naming --repro-spill-mb",
-)
 def test_zero_spill_budget_message_for_every_test(no_spill_session):
     second = no_spill_session.failure("test_second")
     assert "element-level detail unavailable" in second
@@ -805,12 +793,6 @@ def test_xdist_with_repro(xdist_session):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: under xdist every worker runs its own ParentSession: each writes "
-    "reports/report.json with only its own verdicts (the last writer wins) and the controller, "
-    "which judged nothing, prints no 'repro summary'",
-)
 def test_xdist_summary_and_report_cover_every_test(xdist_session):
     assert "repro summary" in xdist_session.output
     document = json.loads((xdist_session.path / "reports" / "report.json").read_text())

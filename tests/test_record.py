@@ -184,11 +184,6 @@ def test_numpy_arrays_including_non_contiguous():
     assert entries["fortran"].fingerprint == entries["arr"].fingerprint
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: flatten_state passes numpy arrays through np.ascontiguousarray, which returns "
-    "at least 1-d: a 0-d array is recorded with shape (1,) and not as a metric",
-)
 def test_zero_dim_numpy_array_keeps_its_shape():
     entries = one_step({"zero_d": np.array(2.5)})
     assert entries["metric.zero_d"].fingerprint.shape == ()
@@ -247,9 +242,8 @@ class Opaque:
         (object(), "builtins.object"),
         (None, "builtins.NoneType"),
         (Opaque(), "Opaque"),
-        (1 + 2j, "builtins.complex"),
     ],
-    ids=["str", "object", "None", "custom", "complex"],
+    ids=["str", "object", "None", "custom"],
 )
 @pytest.mark.parametrize("path", ["recorder", "check_recordable"])
 def test_unsupported_value_names_key_and_type(path, value, type_name):
@@ -264,37 +258,27 @@ def test_unsupported_value_names_key_and_type(path, value, type_name):
     assert "record accepts" in message
 
 
+def test_python_complex_scalar_is_recorded_as_complex128_metric():
+    entry = one_step({"z": 1 + 2j})["metric.z"]
+    assert entry.fingerprint.dtype == "complex128"
+    assert entry.fingerprint.digest != one_step({"z": 1 - 2j})["metric.z"].fingerprint.digest
+
+
 def test_unsupported_nested_value_names_the_dotted_key_in_the_recorder():
     with pytest.raises(TypeError, match=r"'stats\.inner\.1'.*builtins\.str"):
         Recorder(None).record(0, {"stats": {"inner": [1.0, "x"]}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: check_recordable (the path without --repro) accepts any dict/list/tuple "
-    "without looking inside, so a nested unsupported value passes plain pytest and fails only "
-    "under --repro",
-)
 def test_check_recordable_looks_inside_containers():
     with pytest.raises(TypeError, match=r"'stats\.inner\.1'"):
         check_recordable(0, {"stats": {"inner": [1.0, "x"]}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: numpy.bool_ is not a numpy.number, so flatten_state rejects np.bool_ scalars "
-    "(what `(a > b).all()` returns in numpy) although it accepts bool, np.float32 and np.int64",
-)
 def test_numpy_bool_scalar_is_a_metric():
     entries = one_step({"done": np.bool_(True)})
     assert entries["metric.done"].value == 1.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: as_tensor() turns a numpy complex scalar into float(value), dropping the "
-    "imaginary part (ComplexWarning only): values differing only in it fingerprint equal",
-)
 @pytest.mark.filterwarnings("ignore:Casting complex values")
 def test_numpy_complex_scalars_differing_in_imaginary_part_differ():
     a = one_step({"z": np.complex128(1 + 2j)})["metric.z"].fingerprint

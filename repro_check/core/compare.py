@@ -91,8 +91,11 @@ def tensor_diff(reference: torch.Tensor, other: torch.Tensor) -> TensorDiff:
         )
     shape = tuple(reference.shape)
     numel = reference.numel()
-    a = reference.detach().cpu().reshape(-1)
-    b = other.detach().cpu().reshape(-1)
+    if numel == 0:
+        return TensorDiff(0, 0, 0.0, (), 0.0, (), 0.0, 0.0)
+    # A private, truly contiguous copy (tiny tensors may carry any stride).
+    a = reference.detach().cpu().reshape(-1).clone(memory_format=torch.contiguous_format)
+    b = other.detach().cpu().reshape(-1).clone(memory_format=torch.contiguous_format)
     if a.dtype == torch.bool:
         bits_a, bits_b = a, b
     else:
@@ -101,19 +104,22 @@ def tensor_diff(reference: torch.Tensor, other: torch.Tensor) -> TensorDiff:
         bits_a, bits_b = bits_a.reshape(-1, width), bits_b.reshape(-1, width)
     differs = (bits_a != bits_b).reshape(numel, -1).any(dim=1)
     mismatched = int(differs.sum())
-    if a.is_complex():
-        a, b = a.abs(), b.abs()
-    a64, b64 = a.to(torch.float64), b.to(torch.float64)
-    abs_diff = (a64 - b64).abs()
-    nan_a, nan_b = torch.isnan(a64), torch.isnan(b64)
+    if a.is_complex():  # distance in the complex plane; "values" shown are magnitudes
+        c_a, c_b = a.to(torch.complex128), b.to(torch.complex128)
+        abs_diff = (c_a - c_b).abs()
+        a64, b64 = c_a.abs(), c_b.abs()
+        nan_a, nan_b = torch.isnan(c_a.real) | torch.isnan(c_a.imag), torch.isnan(
+            c_b.real) | torch.isnan(c_b.imag)
+    else:
+        a64, b64 = a.to(torch.float64), b.to(torch.float64)
+        abs_diff = (a64 - b64).abs()
+        nan_a, nan_b = torch.isnan(a64), torch.isnan(b64)
     nan_mismatched = int((nan_a ^ nan_b).sum())
     abs_diff = torch.where(nan_a & nan_b, torch.zeros_like(abs_diff), abs_diff)
     abs_diff = torch.where(nan_a ^ nan_b, torch.full_like(abs_diff, float("inf")), abs_diff)
     abs_diff = torch.where(differs, abs_diff, torch.zeros_like(abs_diff))
     rel_diff = abs_diff / a64.abs()
     rel_diff = torch.where(abs_diff == 0, torch.zeros_like(rel_diff), rel_diff)
-    if numel == 0:
-        return TensorDiff(0, 0, 0.0, (), 0.0, (), 0.0, 0.0)
     i_abs = int(torch.argmax(abs_diff))
     i_rel = int(torch.argmax(torch.nan_to_num(rel_diff, nan=float("inf"))))
     return TensorDiff(

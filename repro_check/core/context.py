@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from repro_check.core.record import Recorder, RNGState, RunRecord, check_recordable
+from repro_check.core.record import (
+    MetricRecorder,
+    Recorder,
+    RNGState,
+    RunRecord,
+    check_recordable,
+)
 from repro_check.core.seeding import (
     GLOBAL_SOURCE,
     SeedPlan,

@@ -11,10 +11,10 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import xxhash
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
 
@@ -64,17 +64,25 @@ def raw_bytes(tensor: torch.Tensor) -> np.ndarray:
     if t.device.type == "cpu" and t.layout == torch.strided and t.is_contiguous() and not (
         t.is_quantized or t.is_conj() or t.is_neg()
     ):  # the fast path: no copy, no resolve
-        return t.reshape(-1).view(torch.uint8).numpy()
+        return _flat_bytes(t)
     if t.is_quantized:
         t = t.int_repr()
     if t.layout != torch.strided:
         raise TypeError(f"cannot fingerprint a {t.layout} tensor; convert it with .to_dense()")
     if t.device.type != "cpu":
         t = t.cpu()
-    t = t.resolve_conj().resolve_neg().contiguous()
-    if t.dim() != 1:
-        t = t.reshape(-1)
-    return t.view(torch.uint8).numpy()
+    return _flat_bytes(t.resolve_conj().resolve_neg().contiguous())
+
+
+def _flat_bytes(t: torch.Tensor) -> np.ndarray:
+    """A contiguous tensor's bytes. Tensors of 0 or 1 elements count as contiguous whatever
+    their strides, and ``view(uint8)`` refuses a stride other than 1: copy those (tiny)."""
+    import torch
+
+    flat = t.reshape(-1)
+    if t.numel() <= 1 and flat.stride() != (1,):
+        flat = flat.clone(memory_format=torch.contiguous_format)
+    return flat.view(torch.uint8).numpy()
 
 
 def nonfinite_counts(tensor: torch.Tensor) -> tuple[int, int]:

@@ -123,10 +123,11 @@ def flatten_state(name: str, value: Any, *, top_level: bool = True) -> Iterator[
 
     if isinstance(value, torch.Tensor):
         yield (SCALAR_PREFIX + name if top_level and value.dim() == 0 else name), value
-    elif isinstance(value, (bool, int, float, np.number)):
+    elif isinstance(value, (bool, int, float, complex, np.number, np.bool_)):
         yield (SCALAR_PREFIX + name if top_level else name), value
     elif isinstance(value, np.ndarray):
-        yield from flatten_state(name, torch.from_numpy(np.ascontiguousarray(value)), top_level=top_level)
+        array = np.require(value, requirements="C")  # keeps 0-d arrays 0-d
+        yield from flatten_state(name, torch.from_numpy(array), top_level=top_level)
     elif isinstance(value, torch.nn.Module):
         for key, tensor in value.state_dict().items():
             yield f"{name}.{key}", tensor
@@ -182,10 +183,12 @@ def as_tensor(value: Any) -> Any:
 
     if isinstance(value, torch.Tensor):
         return value
-    if isinstance(value, bool):
-        return torch.tensor(value, dtype=torch.bool)
+    if isinstance(value, (bool, np.bool_)):
+        return torch.tensor(bool(value), dtype=torch.bool)
     if isinstance(value, (int, np.integer)):
         return torch.tensor(int(value), dtype=torch.int64)
+    if isinstance(value, (complex, np.complexfloating)):
+        return torch.tensor(complex(value), dtype=torch.complex128)
     return torch.tensor(float(value), dtype=torch.float64)
 
 
@@ -193,7 +196,8 @@ class Recorder:
     """Fingerprints (and spills) what a replica records, step by step."""
 
     def __init__(self, spill: SpillWriter | None = None) -> None:
-        self.run = RunRecord(spill_path=spill.path if spill else None)
+        self.run = RunRecord(spill_path=spill.path if spill else None,
+                             spill_exhausted=bool(spill and spill.exhausted))
         self._spill = spill
 
     def record(self, step: int, state: Mapping[str, Any]) -> StepRecord:
@@ -218,10 +222,11 @@ class Recorder:
         if tensor.dim() == 0 and key.startswith(SCALAR_PREFIX):
             value = float((tensor.real if tensor.is_complex() else tensor).detach())
         spill = None
-        if self._spill is not None and not self._spill.exhausted:
-            identity = (fingerprint.digest, fingerprint.dtype, fingerprint.shape)
-            spill = self._spill.write(identity, data)
-            self.run.spill_exhausted = self._spill.exhausted
+        if self._spill is not None:
+            if not self._spill.exhausted:
+                identity = (fingerprint.digest, fingerprint.dtype, fingerprint.shape)
+                spill = self._spill.write(identity, data)
+            self.run.spill_exhausted = self.run.spill_exhausted or self._spill.exhausted
         return Entry(fingerprint, value, spill)
 
     def close(self) -> RunRecord:
@@ -239,11 +244,23 @@ def check_recordable(step: Any, state: Mapping[str, Any]) -> None:
     leaf_types = (
         torch.Tensor, torch.nn.Module, torch.optim.Optimizer,
         torch.optim.lr_scheduler.LRScheduler, torch.Generator, RNGState,
-        bool, int, float, np.number, np.ndarray, Mapping, list, tuple,
+        bool, int, float, complex, np.number, np.bool_, np.ndarray,
     )
-    for name, value in state.items():
-        if not isinstance(value, leaf_types):
+
+    def check(name: str, value: Any) -> None:
+        if isinstance(value, leaf_types):
+            return
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                check(f"{name}.{key}", item)
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                check(f"{name}.{index}", item)
+        else:
             list(flatten_state(name, value))  # raises the TypeError naming key and type
+
+    for name, value in state.items():
+        check(name, value)
 
 
 def _check_step(step: Any) -> None:
