@@ -44,6 +44,7 @@ from repro_check.orchestration.replicas import (
     default_specs,
 )
 from repro_check.orchestration.verdict import (
+    ALLOWED,
     BASELINE_MISMATCH,
     BASELINE_MISSING,
     DIVERGED,
@@ -121,6 +122,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--repro-localize", choices=("auto", "always", "never"), default="auto",
                     help="on a divergence, rerun both replicas tracing every aten op of the "
                          "divergent step and name the op (auto: when a replica takes < 30 s)")
+    group.addoption("--repro-audit", action="store_true", default=False,
+                    help="trace each marked test once and list the ops whose CUDA kernels are "
+                         "nondeterministic, with the lines that call them (works on CPU)")
+    group.addoption("--repro-deterministic", action="store_true", default=False,
+                    help="run with torch.use_deterministic_algorithms(True), deterministic cuDNN "
+                         "and CUBLAS_WORKSPACE_CONFIG=:4096:8")
     group.addoption("--repro-sensitivity", action="store_true", default=False,
                     help="seed-sensitivity sweep: K runs per source, each varying only that "
                          "source's seed; writes md/tex/csv/json/png to REPORT_DIR/sensitivity")
@@ -138,6 +145,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("repro_report", "report folder", default="reports")
     parser.addini("repro_spill_mb", "spill budget per replica in MB", default="512")
     parser.addini("repro_baseline", "check or off", default="check")
+    parser.addini("repro_allow", "known nondeterminism, one per line: 'aten::op: why; atol=1e-5'",
+                  type="linelist", default=[])
     parser.addini("repro_baseline_dir", "folder for baselines (default: beside the tests)",
                   default="")
     parser.addini("repro_atol", "absolute tolerance across environments",
@@ -165,6 +174,7 @@ class Options:
     save_checkpoints: bool
     update: bool = False
     localize: str = "auto"
+    deterministic: bool = False
     baseline: str = "check"
     baseline_dir: str = ""
     atol: float = DEFAULT_ATOL
@@ -210,6 +220,7 @@ class Options:
             save_checkpoints=bool(config.getoption("repro_save_checkpoints")),
             update=bool(config.getoption("repro_update")),
             localize=str(config.getoption("repro_localize")),
+            deterministic=bool(config.getoption("repro_deterministic")),
             baseline=_choice(pick("baseline"), ("check", "off"), "repro_baseline"),
             baseline_dir=pick("baseline_dir"),
             atol=_non_negative_float(pick("atol"), "repro_atol"),
@@ -265,6 +276,19 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(ParentSession(config, options), "repro-session")
     else:
         config.pluginmanager.register(PlainSession(options), "repro-plain")
+    if config.getoption("repro_audit"):
+        from repro_check.plugin_audit import AuditPlugin
+
+        config.pluginmanager.register(AuditPlugin(config, options.report_dir), "repro-audit")
+
+
+def _maybe_deterministic(enabled: bool) -> Any:
+    """Enable deterministic mode when asked; always return a restore function."""
+    if not enabled:
+        return lambda: None
+    from repro_check.core.determinism import enable_deterministic_mode
+
+    return enable_deterministic_mode()
 
 
 def is_repro_item(item: pytest.Item) -> bool:
@@ -340,6 +364,10 @@ class PlainSession(_SessionBase):
 
     def __init__(self, options: Options) -> None:
         self.base_seed = options.base_seed
+        self._restore_determinism = _maybe_deterministic(options.deterministic)
+
+    def pytest_unconfigure(self) -> None:
+        self._restore_determinism()
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -365,6 +393,7 @@ class WorkerSession(_SessionBase):
         self.skip = {(str(n), str(r)) for n, r in spec.get("skip", [])}
         self.metrics_only = bool(spec.get("metrics_only", False))
         self.spill = SpillWriter(spec["spill_path"], int(spec["spill_bytes"]))
+        _maybe_deterministic(bool(spec.get("deterministic", False)))
         if self.spec.num_threads is not None:
             import torch
 
@@ -480,6 +509,12 @@ class ParentSession(_SessionBase):
         self.base_seed = options.base_seed
         self.subprocess = options.mode == "subprocess"
         self.specs = default_specs(options.runs, subprocess=self.subprocess)
+        if options.deterministic:
+            from repro_check.core.determinism import DETERMINISTIC_ENV
+
+            self.specs = [ReplicaSpec(s.index, {**s.env, **DETERMINISTIC_ENV}, s.num_threads,
+                                      s.label) for s in self.specs]
+        self._restore_determinism = _maybe_deterministic(options.deterministic)
         self.verdicts: list[RenderedVerdict] = []
         self.tmpdir = Path(tempfile.mkdtemp(prefix="repro-check-"))
         self.pool: ReplicaPool | None = None
@@ -495,9 +530,10 @@ class ParentSession(_SessionBase):
             "fresh processes (" + "; ".join(s.describe() for s in self.specs) + ")"
             if self.subprocess else "this process"
         )
+        mode = "; deterministic algorithms on" if self.options.deterministic else ""
         return [
             f"repro-check: base seed {self.base_seed} (rerun with --repro-seed={self.base_seed}); "
-            f"{self.options.runs} replicas per test in {how}"
+            f"{self.options.runs} replicas per test in {how}{mode}"
         ]
 
     # --- replica processes
@@ -537,6 +573,7 @@ class ParentSession(_SessionBase):
             "spill_bytes": self.options.spill_bytes,
             "runs": [run.to_json() for run in runs] if runs else [RunSpec(str(spec.index)).to_json()],
             "metrics_only": metrics_only,
+            "deterministic": self.options.deterministic,
             "skip": skip or [],
         })
         files = sorted({str(config.rootpath / nodeid.split("::")[0]) for nodeid in nodeids})
@@ -648,11 +685,14 @@ class ParentSession(_SessionBase):
         verdict = judge(item.nodeid, plan_root, self.base_seed, self.specs, results)
         verdict.rerun_command = self.rerun_command(item)
         verdict.accept_command = self.accept_command(item)
+        verdict.allowed = self.allowed_ops(item)
         if verdict.status == DIVERGED and self.subprocess:
             self._investigate(item, verdict)
-        if verdict.status in (IDENTICAL, SINGLE) and self.options.baseline != "off":
+        if verdict.status == DIVERGED and verdict.allowed:
+            self._apply_allowance(verdict)
+        if verdict.status in (IDENTICAL, SINGLE, ALLOWED) and self.options.baseline != "off":
             self._baseline_stage(item, verdict)
-        verdict.reference = None  # drop the record: memory stays flat across tests
+        verdict.reference = verdict.other = None  # drop records: memory stays flat
         self.verdicts.append(render(verdict))
         item.user_properties.append(("repro_verdict", verdict.status))
         item.user_properties.append(("repro_seed", str(verdict.seed)))
@@ -691,11 +731,56 @@ class ParentSession(_SessionBase):
             verdict.status = BASELINE_MISMATCH
             verdict.baseline = {"path": shown, "action": "unreadable", "error": str(exc)}
             return
-        check = bl.check_baseline(document, reference.record, snapshot, atol, rtol)
+        allowance = ", ".join(verdict.allowed) if verdict.status == ALLOWED else ""
+        if allowance:
+            atol = max(atol, *(_tolerance_in(why, "atol", atol) for why in verdict.allowed.values()))
+        check = bl.check_baseline(document, reference.record, snapshot, atol, rtol,
+                                  allowed_nondeterminism=allowance)
         verdict.baseline = {"path": shown, "action": "checked", "created": document.get("created"),
                             **check.to_json()}
         if check.failed:
             verdict.status = BASELINE_MISMATCH
+
+    def allowed_ops(self, item: pytest.Item) -> dict[str, str]:
+        """Known nondeterminism, with its rationale: the ini's ``repro_allow`` lines
+        (``aten::op: why; atol=1e-5``), then the marker's ``allow={op: why}``."""
+        allowed = {}
+        for line in self.config.getini("repro_allow"):
+            op, _, why = str(line).partition(":")
+            if op.strip() == "aten" and why:  # "aten::op: why" splits at the first colon
+                op, _, why = why.lstrip(":").partition(":")
+                op = "aten::" + op
+            allowed[op.strip()] = why.strip()
+        marker = item.get_closest_marker(MARKER)
+        allowed.update((marker.kwargs.get("allow") or {}) if marker else {})
+        return allowed
+
+    def _apply_allowance(self, verdict: TestVerdict) -> None:
+        """Pass a divergence localised to an allowed op when the replicas agree within the
+        stated tolerance; otherwise say why the allowance did not apply."""
+        from repro_check.core.compare import within_tolerance
+
+        loc = verdict.localization
+        op = str(loc.get("op") or "")
+        matched = next((name for name in verdict.allowed if _same_op_name(name, op)), None)
+        if loc.get("kind") != "nondeterministic-op" or matched is None:
+            found = f"{loc.get('kind')} {op}".strip() if loc else "not localised"
+            verdict.notes.append(
+                f"allowed nondeterminism ({', '.join(verdict.allowed)}) does not cover this "
+                f"divergence (localised: {found})")
+            return
+        rationale = verdict.allowed[matched]
+        atol = _tolerance_in(rationale, "atol", self.options.atol)
+        rtol = _tolerance_in(rationale, "rtol", 0.0)
+        reference, other = verdict.reference, verdict.other
+        if reference is None or other is None or reference.record is None or other.record is None:
+            return
+        check = within_tolerance(reference.record, other.record, atol, rtol)
+        if check.within:
+            verdict.status = ALLOWED
+            verdict.notes.append(f"allowed: {matched} ({rationale}); {check.message}")
+        else:
+            verdict.notes.append(f"{matched} is allowed ({rationale}), but {check.message}")
 
     def tolerances(self, item: pytest.Item) -> tuple[float, float]:
         """Marker ``atol``/``rtol`` first, then the command line, then the ini file."""
@@ -834,6 +919,8 @@ class ParentSession(_SessionBase):
         target = self._target(item)
         parts = ["pytest", "--repro", f"--repro-seed={self.base_seed}",
                  f"--repro-runs={self.options.runs}"]
+        if self.options.deterministic:
+            parts.append("--repro-deterministic")
         if not self.subprocess:
             parts.append("--repro-mode=inprocess")
         return " ".join(parts + [shlex.quote(target)])
@@ -855,6 +942,11 @@ class ParentSession(_SessionBase):
                 terminalreporter.write_line(  # reproducible, yet worth knowing
                     f"warning: {verdict.json['nodeid']} reproducibly produced non-finite values "
                     f"(first: {verdict.json['nonfinite']})", yellow=True)
+        for verdict in self.verdicts:
+            for op, why in (verdict.json.get("allowed_nondeterminism") or {}).items():
+                if verdict.json["status"] == ALLOWED:
+                    terminalreporter.write_line(
+                        f"allowed nondeterminism in {verdict.json['nodeid']}: {op} -- {why}")
         for path in self._unused_baselines():
             terminalreporter.write_line(
                 f"unused baseline (no collected test uses it; delete it if the test is gone): "
@@ -933,6 +1025,7 @@ class ParentSession(_SessionBase):
             "base_seed": self.base_seed,
             "runs": self.options.runs,
             "mode": self.options.mode,
+            "deterministic": self.options.deterministic,
             "replicas": [spec.to_json() for spec in self.specs],
             "environment": runtime_summary(),
             "environment_file": "environment.json",
@@ -941,6 +1034,7 @@ class ParentSession(_SessionBase):
     def pytest_unconfigure(self) -> None:
         if self.pool is not None:
             self.pool.close()
+        self._restore_determinism()
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     @pytest.hookimpl(wrapper=True)
@@ -963,6 +1057,21 @@ def _rerun_divergence_step(reruns: list[ReplicaResult]) -> int | None:
     if comparison.structural is not None:
         return comparison.structural.step
     return None
+
+
+def _same_op_name(allowed: str, op: str) -> bool:
+    """``aten::index_put`` allows aten::index_put, aten::index_put_ and their overloads."""
+    def base(name: str) -> str:
+        return name.split(".")[0].rstrip("_")
+
+    return bool(op) and base(allowed) == base(op)
+
+
+def _tolerance_in(rationale: str, name: str, default: float) -> float:
+    import re
+
+    match = re.search(rf"{name}\s*=\s*([0-9.eE+-]+)", rationale)
+    return float(match.group(1)) if match else default
 
 
 def _slug(nodeid: str) -> str:

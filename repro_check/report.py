@@ -54,6 +54,11 @@ def failure_message(verdict: TestVerdict) -> str:
             f"{head}: {_replica_label(verdict, verdict.other_replica)} raised an error "
             f"(this is a failure of the test itself, not nondeterminism):"
         )
+        from repro_check.core.determinism import explain_deterministic_error
+
+        explained = explain_deterministic_error(verdict.error)
+        if explained:
+            lines.append("  " + explained)
         lines.append(_indent(verdict.error.rstrip() or "(no error text)", "  | "))
     elif verdict.status == NOT_RECORDED:
         lines.append(

@@ -354,3 +354,47 @@ def _growth(reference: RunRecord, other: RunRecord, first: int, key: str) -> lis
         }
         rows.append(GrowthRow(ref_step.step, differing, len(ref_step.entries), max_abs, metrics))
     return rows
+
+
+@dataclass
+class ToleranceCheck:
+    within: bool
+    worst_step: int | None = None
+    worst_key: str | None = None
+    worst_abs: float = 0.0
+    message: str = ""
+
+
+def within_tolerance(reference: RunRecord, other: RunRecord, atol: float, rtol: float) -> ToleranceCheck:
+    """Do two structurally equal runs agree within ``|a - b| <= atol + rtol * |a|`` at every
+    step, key and element? Needs both runs' spilled tensors wherever their bits differ."""
+    import torch
+
+    worst = ToleranceCheck(True)
+    for ref_step, other_step in zip(reference.steps, other.steps, strict=True):
+        for key, entry in ref_step.entries.items():
+            other_entry = other_step.entries[key]
+            if entry.fingerprint.same_bits(other_entry.fingerprint):
+                continue
+            pair = _load_pair(entry, other_entry)
+            where = f"step {ref_step.step}, {key}"
+            if pair is None:
+                return ToleranceCheck(False, ref_step.step, key, float("nan"),
+                                      f"{where}: tensors were not spilled, cannot compare with "
+                                      f"tolerances (raise --repro-spill-mb)")
+            a, b = (t.to(torch.complex128 if t.is_complex() else torch.float64) for t in pair)
+            both_nan = torch.isnan(a.abs()) & torch.isnan(b.abs())
+            diff = torch.where(both_nan, torch.zeros_like(a.real.abs()), (a - b).abs())
+            allowed = atol + rtol * a.abs()
+            bad = ~(diff <= allowed)
+            largest = float(diff.max()) if diff.numel() else 0.0
+            if bool(bad.any()):
+                return ToleranceCheck(False, ref_step.step, key, largest,
+                                      f"{where}: {int(bad.sum())} elements exceed atol={atol:g}, "
+                                      f"rtol={rtol:g} (largest |diff| {largest:.3g})")
+            if largest > worst.worst_abs:
+                worst = ToleranceCheck(True, ref_step.step, key, largest)
+    worst.message = (f"all differences within atol={atol:g}, rtol={rtol:g}; largest |diff| "
+                     f"{worst.worst_abs:.3g}" + (f" at step {worst.worst_step}, {worst.worst_key}"
+                                                 if worst.worst_key else ""))
+    return worst

@@ -191,10 +191,14 @@ def relevant_env_differences(before: dict[str, Any], after: dict[str, Any]) -> t
 
 def check_baseline(
     baseline: dict[str, Any], record: RunRecord, snapshot: dict[str, Any],
-    atol: float, rtol: float,
+    atol: float, rtol: float, *, allowed_nondeterminism: str = "",
 ) -> BaselineCheck:
     relevant, _ = relevant_env_differences(baseline.get("environment", {}), snapshot)
-    if relevant:
+    if allowed_nondeterminism:
+        mode = "tolerance"
+        reason = (f"the test allows nondeterminism ({allowed_nondeterminism}), so its bits vary "
+                  f"between runs; compared with atol={atol:g}, rtol={rtol:g}")
+    elif relevant:
         mode = "tolerance"
         reason = (f"the environment differs from the baseline's in {len(relevant)} "
                   f"determinism-relevant way(s), so bitwise equality cannot be expected; "

@@ -21,6 +21,7 @@ ERROR = "error"
 SKIPPED = "skipped"
 NOT_RECORDED = "not-recorded"
 SINGLE = "single-run"
+ALLOWED = "allowed"  # diverged only through an op the test declares as known nondeterminism
 BASELINE_MISMATCH = "baseline-mismatch"
 BASELINE_MISSING = "baseline-missing"
 FAILING = frozenset({DIVERGED, STRUCTURAL, ERROR, NOT_RECORDED, BASELINE_MISMATCH,
@@ -48,6 +49,8 @@ class TestVerdict:
     notes: list[str] = field(default_factory=list)
     #: Replica 0's record and environment, kept only until the baseline has been checked.
     reference: ReplicaResult | None = field(default=None, repr=False)
+    other: ReplicaResult | None = field(default=None, repr=False)
+    allowed: dict[str, str] = field(default_factory=dict)  # op -> rationale (from the marker)
     baseline: dict[str, Any] = field(default_factory=dict)  # path, action, check
     localization: dict[str, Any] = field(default_factory=dict)  # the op (or line) to blame
 
@@ -92,6 +95,7 @@ class TestVerdict:
             "notes": self.notes,
             "baseline": self.baseline,
             "localization": self.localization,
+            "allowed_nondeterminism": self.allowed,
         }
 
 
@@ -142,6 +146,7 @@ def judge(
         if not comparison.identical:
             verdict.comparison = comparison
             verdict.other_replica = result.replica
+            verdict.other = result
             verdict.status = STRUCTURAL if comparison.structural else DIVERGED
             return verdict
     if len(specs) < 2:

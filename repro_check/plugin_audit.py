@@ -1,0 +1,112 @@
+"""``pytest --repro-audit``: which ops of each marked test are nondeterministic on CUDA.
+
+CPU-only CI cannot see CUDA nondeterminism, but it can see which ops a model runs. Each marked
+test runs once under the op tracer; the trace is matched against the CUDA nondeterminism table
+for the installed torch version (repro_check/data/cuda_nondeterminism.json), and the findings
+name the user's lines that call each risky op. PyTorch's own alerts
+(``use_deterministic_algorithms(True, warn_only=True)``) are collected during the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from repro_check.core.atomic import atomic_write_text, write_json
+
+AUDIT_SCHEMA = "repro-check/gpu-audit"
+
+
+class AuditPlugin:
+    def __init__(self, config: pytest.Config, report_dir: Path | None) -> None:
+        self.config = config
+        self.report_dir = report_dir
+        self.findings: dict[str, list[Any]] = {}
+        self.alerts: dict[str, list[str]] = {}
+
+    def _replica_zero(self, item: pytest.Item) -> bool:
+        from repro_check.plugin import replica_key
+
+        return item.stash.get(replica_key, 0) == 0
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
+        from repro_check.plugin import is_repro_item
+
+        if not is_repro_item(pyfuncitem) or not self._replica_zero(pyfuncitem):
+            return None
+        import torch
+
+        from repro_check.core import gpu_risk
+        from repro_check.core.optrace import OpTracer
+
+        funcargs = pyfuncitem.funcargs
+        arguments = {name: funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+        previous = (torch.are_deterministic_algorithms_enabled(),
+                    torch.is_deterministic_algorithms_warn_only_enabled())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            if not previous[0]:
+                torch.use_deterministic_algorithms(True, warn_only=True)
+            try:
+                with OpTracer() as tracer:
+                    pyfuncitem.obj(**arguments)
+            finally:
+                torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        self.findings[pyfuncitem.nodeid] = gpu_risk.audit(tracer.events)
+        self.alerts[pyfuncitem.nodeid] = sorted({
+            str(w.message).splitlines()[0] for w in caught
+            if "deterministic" in str(w.message)})
+        # Replicas judged in other processes still need this process to judge them.
+        session = self.config.pluginmanager.get_plugin("repro-session")
+        return None if session is not None and getattr(session, "subprocess", False) else True
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.findings:
+            return
+        from repro_check.core.gpu_risk import format_findings
+
+        terminalreporter.section("repro GPU-risk audit")
+        for nodeid, findings in self.findings.items():
+            terminalreporter.write_line(f"{nodeid}: {len(findings)} op(s) nondeterministic on CUDA")
+            terminalreporter.write_line(_indent(format_findings(findings), "  "))
+            for alert in self.alerts.get(nodeid, []):
+                terminalreporter.write_line(f"  torch alert (CPU): {alert}")
+        if self.report_dir is not None:
+            terminalreporter.write_line(f"audit: {self.report_dir / 'gpu_audit.md'}")
+
+    def pytest_sessionfinish(self) -> None:
+        if not self.findings or self.report_dir is None:
+            return
+        import torch
+
+        from repro_check.core.gpu_risk import format_findings
+
+        document = {
+            "schema": AUDIT_SCHEMA, "schema_version": 1, "torch": torch.__version__,
+            "tests": {nodeid: {"findings": [_plain(f) for f in findings],
+                               "torch_alerts": self.alerts.get(nodeid, [])}
+                      for nodeid, findings in self.findings.items()},
+        }
+        try:
+            write_json(self.report_dir / "gpu_audit.json", document)
+            lines = ["# GPU-risk audit", "",
+                     f"Ops nondeterministic on CUDA under torch {torch.__version__}, from a CPU "
+                     f"trace of each test.", ""]
+            for nodeid, findings in self.findings.items():
+                lines += [f"## {nodeid}", "", "```", format_findings(findings), "```", ""]
+            atomic_write_text(self.report_dir / "gpu_audit.md", "\n".join(lines))
+        except OSError:
+            pass  # the terminal section has everything; the report folder error is shown there
+
+
+def _plain(finding: Any) -> dict[str, Any]:
+    return dataclasses.asdict(finding) if dataclasses.is_dataclass(finding) else {"text": str(finding)}
+
+
+def _indent(text: str, prefix: str) -> str:
+    return "\n".join(prefix + line for line in text.splitlines())
