@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 # Imported lazily so that `repro-check --help` does not pay for torch.
-COMMAND_MODULES = ("env", "checkpoint")
+COMMAND_MODULES = ("env", "checkpoint", "sensitivity")
 
 
 def build_parser() -> argparse.ArgumentParser:

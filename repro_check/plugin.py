@@ -136,6 +136,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--repro-sources", default=None, metavar="NAMES",
                     help="comma-separated sources to perturb (default init,data,global; also "
                          "bitflip); 'all' is always added")
+    group.addoption("--repro-executor", choices=("local", "dask"), default="local",
+                    help="where sweep runs execute: local processes, or a Dask cluster "
+                         "(--repro-dask-scheduler=ADDRESS, else a LocalCluster on loopback)")
+    group.addoption("--repro-dask-scheduler", default=None, metavar="ADDRESS",
+                    help="Dask scheduler address for --repro-executor=dask")
     group.addoption("--repro-only-run", default=None, metavar="SOURCE:K",
                     help="run one run of a sweep (the command printed for each run)")
     group.addoption("--repro-worker", default=None, help=argparse_suppress())

@@ -59,6 +59,7 @@ class SensitivitySession(ParentSession):
         self.rows: list[dict[str, Any]] = []
         self.resumed = 0
         self._done = self.store.completed()
+        self._dask: tuple[Any, Any] | None = None
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         return [
@@ -87,7 +88,23 @@ class SensitivitySession(ParentSession):
         self.pool.start()
 
     def _executor(self, workers: int) -> Executor:
-        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="repro-sweep")
+        """Local threads that each babysit one worker process, or a Dask cluster's executor
+        (the worker processes then start on the Dask workers, which must see this folder)."""
+        if self.config.getoption("repro_executor") != "dask":
+            return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="repro-sweep")
+        try:
+            from distributed import Client, LocalCluster
+        except ImportError:
+            raise pytest.UsageError(
+                "--repro-executor=dask needs Dask: pip install 'repro-check[dask]'") from None
+        address = self.config.getoption("repro_dask_scheduler")
+        if address:
+            self._dask = (Client(address), None)
+        else:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address=None)
+            self._dask = (Client(cluster), cluster)
+        return self._dask[0].get_executor()
 
     def run_command(self, item: pytest.Item, run: RunSpec) -> str:
         return " ".join([
@@ -158,7 +175,9 @@ class SensitivitySession(ParentSession):
             f"{len(self.rows)} runs ({self.resumed} resumed from {self.store.path}), "
             f"{failed} failed, {nan} with NaN metrics; base seed {self.base_seed}")
         if self._report_paths:
-            terminalreporter.write_line("report: " + ", ".join(map(str, self._report_paths)))
+            plots = sum(p.suffix == ".png" for p in self._report_paths)
+            files = ", ".join(p.name for p in self._report_paths if p.suffix != ".png")
+            terminalreporter.write_line(f"report: {self.folder}/ ({files}, {plots} plots)")
         if self._report_error:
             terminalreporter.write_line(self._report_error, red=True)
 
@@ -166,6 +185,11 @@ class SensitivitySession(ParentSession):
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.pool is not None:
             self.pool.close()
+        if self._dask is not None:
+            client, cluster = self._dask
+            client.close()
+            if cluster is not None:
+                cluster.close()
         if not self.rows:
             return
         from repro_check.sensitivity_report import write_report
