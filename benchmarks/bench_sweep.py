@@ -36,7 +36,7 @@ def sweep(k: int, jobs: int) -> tuple[float, int]:
         start = time.perf_counter()
         out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True).stdout
         elapsed = time.perf_counter() - start
-    peak = json.loads(next(l for l in out.splitlines() if l.startswith("PEAK"))[4:])
+    peak = json.loads(next(line for line in out.splitlines() if line.startswith("PEAK"))[4:])
     if peak["exit"] != 0:
         sys.exit(f"sweep K={k} jobs={jobs} failed:\n{out[-3000:]}")
     return elapsed, peak["kb"]
