@@ -135,7 +135,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="runs per source in a sensitivity sweep (default 8)")
     group.addoption("--repro-sources", default=None, metavar="NAMES",
                     help="comma-separated sources to perturb (default init,data,global; also "
-                         "bitflip); 'all' is always added")
+                         "bitflip, and backend: thread count / deterministic mode with fixed "
+                         "seeds); 'all' is always added")
     group.addoption("--repro-executor", choices=("local", "dask"), default="local",
                     help="where sweep runs execute: local processes, or a Dask cluster "
                          "(--repro-dask-scheduler=ADDRESS, else a LocalCluster on loopback)")
@@ -285,6 +286,24 @@ def pytest_configure(config: pytest.Config) -> None:
         from repro_check.plugin_audit import AuditPlugin
 
         config.pluginmanager.register(AuditPlugin(config, options.report_dir), "repro-audit")
+
+
+def _apply_backend(backend: Any) -> Any:
+    """Switch thread count / deterministic mode for one sweep run; returns the undo."""
+    if not backend:
+        return lambda: None
+    import torch
+
+    threads = torch.get_num_threads()
+    if "threads" in backend:
+        torch.set_num_threads(int(backend["threads"]))
+    undo_deterministic = _maybe_deterministic(bool(backend.get("deterministic")))
+
+    def restore() -> None:
+        undo_deterministic()
+        torch.set_num_threads(threads)
+
+    return restore
 
 
 def _maybe_deterministic(enabled: bool) -> Any:
@@ -439,8 +458,12 @@ class WorkerSession(_SessionBase):
             item.stash[run_key] = run
             last = position == len(runs) - 1
             started = time.perf_counter()
-            reports = runtestprotocol(
-                item, log=False, nextitem=nextitem if last else keep_parents)  # type: ignore[arg-type]
+            restore = _apply_backend(run.backend)
+            try:
+                reports = runtestprotocol(
+                    item, log=False, nextitem=nextitem if last else keep_parents)  # type: ignore[arg-type]
+            finally:
+                restore()
             context = item.stash.get(context_key, None)
             outcome, error = outcome_of(reports)
             record = context.close() if context else None
@@ -452,7 +475,8 @@ class WorkerSession(_SessionBase):
                 run_id=run.run_id,
                 metrics=record if isinstance(record, dict) else {},
                 predictions=context.predictions if context else None,
-                run_info=context.run_info if context else {},
+                run_info={**(context.run_info if context else {}),
+                          **({"backend": dict(run.backend)} if run.backend else {})},
             )
             append_channel(self.channel, result.to_json())
         return True

@@ -20,6 +20,7 @@ from repro_check.core.seeding import root_seed_for_test
 from repro_check.orchestration.executor import ReplicaPool
 from repro_check.orchestration.replicas import ReplicaSpec, RunSpec
 from repro_check.orchestration.sweep import (
+    BACKEND,
     BITFLIP,
     DEFAULT_SOURCES,
     STORE_NAME,
@@ -148,7 +149,7 @@ class SensitivitySession(ParentSession):
         for row in self.rows:
             if row["status"] == "failed":
                 continue
-            asked = set(row.get("sources_used", [])) | {"global", "all", BITFLIP}
+            asked = set(row.get("sources_used", [])) | {"global", "all", BITFLIP, BACKEND}
             for source in self.sources:
                 if source not in asked:
                     unused.setdefault(row["test"], [])

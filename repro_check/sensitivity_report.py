@@ -362,6 +362,13 @@ def _commands(rows: pd.DataFrame, limit: int = 3) -> str:
 # analysis
 
 
+#: Sweep sources that are not seed streams (repro_check.orchestration.sweep): what they vary.
+NON_SEED_SOURCES = {
+    "bitflip": "a one-ulp change of one initial weight",
+    "backend": "the thread count / deterministic mode",
+}
+
+
 def analyze(
     runs: pd.DataFrame,
     *,
@@ -546,7 +553,13 @@ def analyze(
             if not const_metrics or src in unused.get(test, []):
                 continue
             n = len(tdf[tdf["source"] == src])
-            if set(const_metrics) >= set(varying_metrics):
+            if src in NON_SEED_SOURCES:  # not a stream the test draws from: a real finding
+                message = (
+                    f"{test}: {', '.join(const_metrics)} is bit-for-bit identical across the {n} "
+                    f"{src!r} runs while {REFERENCE_SOURCE!r} varies: at this scale and training "
+                    f"length, {NON_SEED_SOURCES[src]} does not move this metric."
+                )
+            elif set(const_metrics) >= set(varying_metrics):
                 message = (
                     f"{test}: this sweep measures nothing: the test never asked for source "
                     f"{src!r} -- every metric ({', '.join(const_metrics)}) is identical across "

@@ -58,16 +58,20 @@ class RunSpec:
     label: str = ""
     #: Trace the ops between record(start_after) and record(stop_at) into ``path``.
     trace: Mapping[str, Any] | None = None
+    #: In-process backend settings for this run: {"threads": N} and/or {"deterministic": bool}.
+    backend: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "perturbations": dict(self.perturbations),
                 "bitflip": self.bitflip, "label": self.label,
-                "trace": dict(self.trace) if self.trace else None}
+                "trace": dict(self.trace) if self.trace else None,
+                "backend": dict(self.backend) if self.backend else None}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
         return cls(str(data["run_id"]), {str(k): int(v) for k, v in data["perturbations"].items()},
-                   data.get("bitflip"), data.get("label", ""), data.get("trace"))
+                   data.get("bitflip"), data.get("label", ""), data.get("trace"),
+                   data.get("backend"))
 
 
 @dataclass

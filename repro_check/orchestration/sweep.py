@@ -21,6 +21,10 @@ from repro_check.orchestration.replicas import ReplicaResult, RunSpec
 
 ALL = "all"
 BITFLIP = "bitflip"
+BACKEND = "backend"
+#: What a ``backend`` run changes instead of a seed, cycled over its K runs.
+BACKEND_VARIANTS = ({"threads": 1}, {"threads": 2}, {"deterministic": True},
+                    {"threads": 1, "deterministic": True})
 DEFAULT_SOURCES = ("init", "data", GLOBAL_SOURCE)
 STORE_NAME = "runs.jsonl"
 
@@ -33,6 +37,9 @@ def plan_runs(sources: Sequence[str], k: int, only: str | None = None) -> list[R
         for index in range(k):
             if source == BITFLIP:
                 run = RunSpec(f"{source}:{index}", {}, bitflip=index, label=source)
+            elif source == BACKEND:
+                variant = BACKEND_VARIANTS[index % len(BACKEND_VARIANTS)]
+                run = RunSpec(f"{source}:{index}", {}, label=source, backend=variant)
             else:
                 run = RunSpec(f"{source}:{index}", {source: index + 1}, label=source)
             runs.append(run)
