@@ -94,6 +94,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--repro-seed", default=None, metavar="N|last|random",
                     help=f"base seed; each test's root seed derives from it and the test id "
                          f"(default {DEFAULT_BASE_SEED}; ini repro_seed)")
+    group.addoption("--repro-steps", type=int, default=None, metavar="N",
+                    help="override every marker's steps= (e.g. train longer in a sweep)")
     group.addoption("--repro-mode", choices=("subprocess", "inprocess"), default=None,
                     help="replicas in fresh interpreters (default) or in this process (faster)")
     group.addoption("--repro-jobs", type=int, default=None, metavar="N",
@@ -327,8 +329,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def marker_steps(item: pytest.Item) -> int:
+    override = item.config.getoption("repro_steps")
     marker = item.get_closest_marker(MARKER)
     steps = marker.kwargs.get("steps", DEFAULT_STEPS) if marker else DEFAULT_STEPS
+    steps = override if override is not None else steps
     if not isinstance(steps, int) or steps < 1:
         raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.repro(steps={steps!r}) must be >= 1")
     return steps
@@ -950,6 +954,8 @@ class ParentSession(_SessionBase):
                  f"--repro-runs={self.options.runs}"]
         if self.options.deterministic:
             parts.append("--repro-deterministic")
+        if self.config.getoption("repro_steps") is not None:
+            parts.append(f"--repro-steps={self.config.getoption('repro_steps')}")
         if not self.subprocess:
             parts.append("--repro-mode=inprocess")
         return " ".join(parts + [shlex.quote(target)])

@@ -111,7 +111,10 @@ class SensitivitySession(ParentSession):
         return " ".join([
             "pytest", "--repro-sensitivity", f"--repro-seed={self.base_seed}",
             f"--repro-seeds={self.k}", f"--repro-sources={','.join(self.sources)}",
-            f"--repro-only-run={run.run_id}", shlex.quote(self._target(item)),
+            f"--repro-only-run={run.run_id}",
+            *([f"--repro-steps={self.config.getoption('repro_steps')}"]
+              if self.config.getoption("repro_steps") is not None else []),
+            shlex.quote(self._target(item)),
         ])
 
     @pytest.hookimpl(tryfirst=True)
