@@ -986,8 +986,11 @@ class ParentSession(_SessionBase):
             terminalreporter.write_line(
                 f"unused baseline (no collected test uses it; delete it if the test is gone): "
                 f"{os.path.relpath(path, self.config.invocation_params.dir)}", yellow=True)
+        self._report_footer(terminalreporter, ", ".join(map(str, self._report_paths)))
+
+    def _report_footer(self, terminalreporter: Any, written: str) -> None:
         if self._report_paths:
-            terminalreporter.write_line("report: " + ", ".join(map(str, self._report_paths)))
+            terminalreporter.write_line(f"report: {written}")
         if self._report_error:
             terminalreporter.write_line(self._report_error, red=True)
 

@@ -178,12 +178,9 @@ class SensitivitySession(ParentSession):
         terminalreporter.write_line(
             f"{len(self.rows)} runs ({self.resumed} resumed from {self.store.path}), "
             f"{failed} failed, {nan} with NaN metrics; base seed {self.base_seed}")
-        if self._report_paths:
-            plots = sum(p.suffix == ".png" for p in self._report_paths)
-            files = ", ".join(p.name for p in self._report_paths if p.suffix != ".png")
-            terminalreporter.write_line(f"report: {self.folder}/ ({files}, {plots} plots)")
-        if self._report_error:
-            terminalreporter.write_line(self._report_error, red=True)
+        plots = sum(p.suffix == ".png" for p in self._report_paths)
+        files = ", ".join(p.name for p in self._report_paths if p.suffix != ".png")
+        self._report_footer(terminalreporter, f"{self.folder}/ ({files}, {plots} plots)")
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
