@@ -619,6 +619,8 @@ class ParentSession(_SessionBase):
         ]
         if config.inipath is not None:
             command.append(f"--config-file={config.inipath}")
+        if config.getoption("repro_steps") is not None:
+            command.append(f"--repro-steps={config.getoption('repro_steps')}")
         if config.pluginmanager.get_plugin("repro") is None or os.environ.get(
             "PYTEST_DISABLE_PLUGIN_AUTOLOAD"
         ):
