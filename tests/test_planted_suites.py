@@ -195,11 +195,15 @@ def test_reference_suites_are_reproducible(sessions):
     assert reference.ret == pytest.ExitCode.OK, reference.output
     tests = reference.tests()
     assert REFERENCE_TESTS <= set(tests)
-    assert {test["status"] for test in tests.values()} == {"identical"}
+    allowed = "suites/test_allowed_nondeterminism.py::test_embedding_bag_accumulation"
+    assert {t["status"] for n, t in tests.items() if n != allowed} == {"identical"}
+    if allowed in tests:  # known nondeterminism, accepted with its rationale and tolerance
+        assert tests[allowed]["status"] == "allowed"
+        assert "aten::index_put" in tests[allowed]["allowed_nondeterminism"]
     assert all(test["steps"] > 0 and test["keys"] > 0 for test in tests.values())
     assert re.search(rf"\b{len(tests)} passed in\b", reference.output)
     assert f"{len(tests)} tests, 0 not reproducible or failing" in reference.output
-    assert "nondeterministic" not in reference.output
+    assert "suites/nondeterministic/" not in reference.output
 
 
 def test_plain_run_is_green_and_collects_no_planted_test(sessions):
@@ -209,7 +213,7 @@ def test_plain_run_is_green_and_collects_no_planted_test(sessions):
     assert not re.search(r"\b(failed|error)\b", plain.output.splitlines()[-1])
     for nodeid in REFERENCE_TESTS:
         assert f"{nodeid} PASSED" in plain.output
-    assert "nondeterministic" not in plain.output
+    assert "suites/nondeterministic/" not in plain.output
     assert "repro summary" not in plain.output
 
 
