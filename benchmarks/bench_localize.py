@@ -58,8 +58,11 @@ def step_time(model, optimizer, batch, steps: int, traced: bool) -> float:
 
 def wall(args: list[str]) -> float:
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider"],
-                   cwd=ROOT, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pytest", *args, "-q", "-p", "no:cacheprovider"],
+        cwd=ROOT,
+        capture_output=True,
+    )
     return time.perf_counter() - start
 
 
@@ -70,9 +73,10 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     shapes, seqs = ShapesDataset(g), sequence_data(g)
     images = torch.stack([shapes[i][0] for i in range(32)]), shapes.labels[:32]
-    for name, model, batch in (("cnn", SmallCNN(), images),
-                               ("transformer", TinyTransformer(), (seqs.tensors[0][:32],
-                                                                   seqs.tensors[1][:32]))):
+    for name, model, batch in (
+        ("cnn", SmallCNN(), images),
+        ("transformer", TinyTransformer(), (seqs.tensors[0][:32], seqs.tensors[1][:32])),
+    ):
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         step_time(model, optimizer, batch, 3, traced=True)  # warm-up (first mode use imports)
         plain = step_time(model, optimizer, batch, args.steps, traced=False)

@@ -28,9 +28,21 @@ print("PEAK" + json.dumps({
 
 
 def measure(runs: int) -> dict[str, int]:
-    args = [sys.executable, "-c", PROBE, "suites/test_transformer.py", "suites/test_mlp.py",
-            "--repro", f"--repro-runs={runs}", "--repro-jobs=2", "--repro-report=none",
-            "--repro-baseline=off", "-q", "-p", "no:cacheprovider"]
+    args = [
+        sys.executable,
+        "-c",
+        PROBE,
+        "suites/test_transformer.py",
+        "suites/test_mlp.py",
+        "--repro",
+        f"--repro-runs={runs}",
+        "--repro-jobs=2",
+        "--repro-report=none",
+        "--repro-baseline=off",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+    ]
     out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("PEAK"))
     return json.loads(line[4:])

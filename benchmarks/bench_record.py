@@ -40,7 +40,12 @@ def setups():
     images = torch.stack([shapes[i][0] for i in range(64)]), shapes.labels[:64]
     yield "mlp", MLP(), torch.optim.Adam, (mlp_data.tensors[0][:32], mlp_data.tensors[1][:32])
     yield "cnn", SmallCNN(), torch.optim.SGD, images
-    yield "transformer", TinyTransformer(), torch.optim.AdamW, (seqs.tensors[0][:32], seqs.tensors[1][:32])
+    yield (
+        "transformer",
+        TinyTransformer(),
+        torch.optim.AdamW,
+        (seqs.tensors[0][:32], seqs.tensors[1][:32]),
+    )
     yield "lstm", LSTMClassifier(), torch.optim.SGD, (seqs.tensors[0][:32], seqs.tensors[1][:32])
 
 

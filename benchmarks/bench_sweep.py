@@ -30,9 +30,20 @@ print("PEAK" + json.dumps({"kb": resource.getrusage(resource.RUSAGE_SELF).ru_max
 
 def sweep(k: int, jobs: int) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as report:
-        args = [sys.executable, "-c", PROBE, TEST, "--repro-sensitivity", f"--repro-seeds={k}",
-                "--repro-sources=init", f"--repro-jobs={jobs}", f"--repro-report={report}",
-                "-q", "-p", "no:cacheprovider"]
+        args = [
+            sys.executable,
+            "-c",
+            PROBE,
+            TEST,
+            "--repro-sensitivity",
+            f"--repro-seeds={k}",
+            "--repro-sources=init",
+            f"--repro-jobs={jobs}",
+            f"--repro-report={report}",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+        ]
         start = time.perf_counter()
         out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True).stdout
         elapsed = time.perf_counter() - start

@@ -87,65 +87,160 @@ class ReproFailure(AssertionError):
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("repro", "repro-check: determinism verification")
-    group.addoption("--repro", action="store_true", default=False,
-                    help="run @pytest.mark.repro tests as replicas and compare them bitwise")
-    group.addoption("--repro-runs", type=int, default=None, metavar="N",
-                    help="replicas per test (default 2; ini repro_runs)")
-    group.addoption("--repro-seed", default=None, metavar="N|last|random",
-                    help=f"base seed; each test's root seed derives from it and the test id "
-                         f"(default {DEFAULT_BASE_SEED}; ini repro_seed)")
-    group.addoption("--repro-steps", type=int, default=None, metavar="N",
-                    help="override every marker's steps= (e.g. train longer in a sweep)")
-    group.addoption("--repro-mode", choices=("subprocess", "inprocess"), default=None,
-                    help="replicas in fresh interpreters (default) or in this process (faster)")
-    group.addoption("--repro-jobs", type=int, default=None, metavar="N",
-                    help="replica processes run at once (default: one per replica, at most "
-                         "the CPU count)")
-    group.addoption("--repro-report", default=None, metavar="DIR",
-                    help="folder for report.json and report.md (default reports/; ini "
-                         "repro_report; 'none' to skip)")
-    group.addoption("--repro-spill-mb", type=int, default=None, metavar="MB",
-                    help="per-replica budget of raw tensor bytes kept for detailed diffs "
-                         "(default 512)")
-    group.addoption("--repro-save-checkpoints", action="store_true", default=False,
-                    help="save each replica's last recorded step as safetensors + JSON "
-                         "manifest under REPORT_DIR/checkpoints/")
-    group.addoption("--repro-update", action="store_true", default=False,
-                    help="write or accept the baselines of the tests that run (they pass)")
-    group.addoption("--repro-baseline", choices=("check", "off"), default=None,
-                    help="compare with committed baselines (default check; ini repro_baseline)")
-    group.addoption("--repro-baseline-dir", default=None, metavar="DIR",
-                    help="keep baselines under DIR (relative to the rootdir) instead of "
-                         "repro_baselines/ beside each test file")
-    group.addoption("--repro-atol", type=float, default=None,
-                    help="absolute tolerance when environments differ (ini repro_atol)")
-    group.addoption("--repro-rtol", type=float, default=None,
-                    help="relative tolerance when environments differ (ini repro_rtol)")
-    group.addoption("--repro-localize", choices=("auto", "always", "never"), default="auto",
-                    help="on a divergence, rerun both replicas tracing every aten op of the "
-                         "divergent step and name the op (auto: when a replica takes < 30 s)")
-    group.addoption("--repro-audit", action="store_true", default=False,
-                    help="trace each marked test once and list the ops whose CUDA kernels are "
-                         "nondeterministic, with the lines that call them (works on CPU)")
-    group.addoption("--repro-deterministic", action="store_true", default=False,
-                    help="run with torch.use_deterministic_algorithms(True), deterministic cuDNN "
-                         "and CUBLAS_WORKSPACE_CONFIG=:4096:8")
-    group.addoption("--repro-sensitivity", action="store_true", default=False,
-                    help="seed-sensitivity sweep: K runs per source, each varying only that "
-                         "source's seed; writes md/tex/csv/json/png to REPORT_DIR/sensitivity")
-    group.addoption("--repro-seeds", type=int, default=8, metavar="K",
-                    help="runs per source in a sensitivity sweep (default 8)")
-    group.addoption("--repro-sources", default=None, metavar="NAMES",
-                    help="comma-separated sources to perturb (default init,data,global; also "
-                         "bitflip, and backend: thread count / deterministic mode with fixed "
-                         "seeds); 'all' is always added")
-    group.addoption("--repro-executor", choices=("local", "dask"), default="local",
-                    help="where sweep runs execute: local processes, or a Dask cluster "
-                         "(--repro-dask-scheduler=ADDRESS, else a LocalCluster on loopback)")
-    group.addoption("--repro-dask-scheduler", default=None, metavar="ADDRESS",
-                    help="Dask scheduler address for --repro-executor=dask")
-    group.addoption("--repro-only-run", default=None, metavar="SOURCE:K",
-                    help="run one run of a sweep (the command printed for each run)")
+    group.addoption(
+        "--repro",
+        action="store_true",
+        default=False,
+        help="run @pytest.mark.repro tests as replicas and compare them bitwise",
+    )
+    group.addoption(
+        "--repro-runs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="replicas per test (default 2; ini repro_runs)",
+    )
+    group.addoption(
+        "--repro-seed",
+        default=None,
+        metavar="N|last|random",
+        help=f"base seed; each test's root seed derives from it and the test id "
+        f"(default {DEFAULT_BASE_SEED}; ini repro_seed)",
+    )
+    group.addoption(
+        "--repro-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="override every marker's steps= (e.g. train longer in a sweep)",
+    )
+    group.addoption(
+        "--repro-mode",
+        choices=("subprocess", "inprocess"),
+        default=None,
+        help="replicas in fresh interpreters (default) or in this process (faster)",
+    )
+    group.addoption(
+        "--repro-jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="replica processes run at once (default: one per replica, at most the CPU count)",
+    )
+    group.addoption(
+        "--repro-report",
+        default=None,
+        metavar="DIR",
+        help="folder for report.json and report.md (default reports/; ini "
+        "repro_report; 'none' to skip)",
+    )
+    group.addoption(
+        "--repro-spill-mb",
+        type=int,
+        default=None,
+        metavar="MB",
+        help="per-replica budget of raw tensor bytes kept for detailed diffs (default 512)",
+    )
+    group.addoption(
+        "--repro-save-checkpoints",
+        action="store_true",
+        default=False,
+        help="save each replica's last recorded step as safetensors + JSON "
+        "manifest under REPORT_DIR/checkpoints/",
+    )
+    group.addoption(
+        "--repro-update",
+        action="store_true",
+        default=False,
+        help="write or accept the baselines of the tests that run (they pass)",
+    )
+    group.addoption(
+        "--repro-baseline",
+        choices=("check", "off"),
+        default=None,
+        help="compare with committed baselines (default check; ini repro_baseline)",
+    )
+    group.addoption(
+        "--repro-baseline-dir",
+        default=None,
+        metavar="DIR",
+        help="keep baselines under DIR (relative to the rootdir) instead of "
+        "repro_baselines/ beside each test file",
+    )
+    group.addoption(
+        "--repro-atol",
+        type=float,
+        default=None,
+        help="absolute tolerance when environments differ (ini repro_atol)",
+    )
+    group.addoption(
+        "--repro-rtol",
+        type=float,
+        default=None,
+        help="relative tolerance when environments differ (ini repro_rtol)",
+    )
+    group.addoption(
+        "--repro-localize",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="on a divergence, rerun both replicas tracing every aten op of the "
+        "divergent step and name the op (auto: when a replica takes < 30 s)",
+    )
+    group.addoption(
+        "--repro-audit",
+        action="store_true",
+        default=False,
+        help="trace each marked test once and list the ops whose CUDA kernels are "
+        "nondeterministic, with the lines that call them (works on CPU)",
+    )
+    group.addoption(
+        "--repro-deterministic",
+        action="store_true",
+        default=False,
+        help="run with torch.use_deterministic_algorithms(True), deterministic cuDNN "
+        "and CUBLAS_WORKSPACE_CONFIG=:4096:8",
+    )
+    group.addoption(
+        "--repro-sensitivity",
+        action="store_true",
+        default=False,
+        help="seed-sensitivity sweep: K runs per source, each varying only that "
+        "source's seed; writes md/tex/csv/json/png to REPORT_DIR/sensitivity",
+    )
+    group.addoption(
+        "--repro-seeds",
+        type=int,
+        default=8,
+        metavar="K",
+        help="runs per source in a sensitivity sweep (default 8)",
+    )
+    group.addoption(
+        "--repro-sources",
+        default=None,
+        metavar="NAMES",
+        help="comma-separated sources to perturb (default init,data,global; also "
+        "bitflip, and backend: thread count / deterministic mode with fixed "
+        "seeds); 'all' is always added",
+    )
+    group.addoption(
+        "--repro-executor",
+        choices=("local", "dask"),
+        default="local",
+        help="where sweep runs execute: local processes, or a Dask cluster "
+        "(--repro-dask-scheduler=ADDRESS, else a LocalCluster on loopback)",
+    )
+    group.addoption(
+        "--repro-dask-scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="Dask scheduler address for --repro-executor=dask",
+    )
+    group.addoption(
+        "--repro-only-run",
+        default=None,
+        metavar="SOURCE:K",
+        help="run one run of a sweep (the command printed for each run)",
+    )
     group.addoption("--repro-worker", default=None, help=argparse_suppress())
     parser.addini("repro_runs", "replicas per test under --repro", default="2")
     parser.addini("repro_seed", "base seed (N, last or random)", default=str(DEFAULT_BASE_SEED))
@@ -153,14 +248,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("repro_report", "report folder", default="reports")
     parser.addini("repro_spill_mb", "spill budget per replica in MB", default="512")
     parser.addini("repro_baseline", "check or off", default="check")
-    parser.addini("repro_allow", "known nondeterminism, one per line: 'aten::op: why; atol=1e-5'",
-                  type="linelist", default=[])
-    parser.addini("repro_baseline_dir", "folder for baselines (default: beside the tests)",
-                  default="")
-    parser.addini("repro_atol", "absolute tolerance across environments",
-                  default=str(DEFAULT_ATOL))
-    parser.addini("repro_rtol", "relative tolerance across environments",
-                  default=str(DEFAULT_RTOL))
+    parser.addini(
+        "repro_allow",
+        "known nondeterminism, one per line: 'aten::op: why; atol=1e-5'",
+        type="linelist",
+        default=[],
+    )
+    parser.addini(
+        "repro_baseline_dir", "folder for baselines (default: beside the tests)", default=""
+    )
+    parser.addini("repro_atol", "absolute tolerance across environments", default=str(DEFAULT_ATOL))
+    parser.addini("repro_rtol", "relative tolerance across environments", default=str(DEFAULT_RTOL))
 
 
 def argparse_suppress() -> str:
@@ -209,8 +307,11 @@ class Options:
                     f"--repro-seed={seed_text!r}: expected an integer, 'last' or 'random'"
                 ) from None
         jobs_opt = config.getoption("repro_jobs")
-        jobs = _positive_int(str(jobs_opt), "--repro-jobs") if jobs_opt else min(
-            runs, os.cpu_count() or 1)
+        jobs = (
+            _positive_int(str(jobs_opt), "--repro-jobs")
+            if jobs_opt
+            else min(runs, os.cpu_count() or 1)
+        )
         report = pick("report")
         mode = pick("mode")
         if mode not in ("subprocess", "inprocess"):
@@ -223,7 +324,8 @@ class Options:
             mode=mode,
             jobs=jobs,
             report_dir=None if report.lower() == "none" else Path(config.rootpath, report),
-            spill_bytes=UNLIMITED_SPILL if config.getoption("repro_save_checkpoints")
+            spill_bytes=UNLIMITED_SPILL
+            if config.getoption("repro_save_checkpoints")
             else _positive_int(pick("spill_mb"), "--repro-spill-mb", minimum=0) * 2**20,
             save_checkpoints=bool(config.getoption("repro_save_checkpoints")),
             update=bool(config.getoption("repro_update")),
@@ -365,8 +467,11 @@ class _SessionBase:
             return
         plan = SeedPlan(root_seed_for_test(self.base_seed, item.nodeid), self.perturbations(item))
         context = RunContext(
-            plan, steps=marker_steps(item), replica=self.replica_index(item),
-            recorder=self.make_recorder(item), test_id=item.nodeid,
+            plan,
+            steps=marker_steps(item),
+            replica=self.replica_index(item),
+            recorder=self.make_recorder(item),
+            test_id=item.nodeid,
         )
         item.stash[context_key] = context
         context.seed_globals()
@@ -442,10 +547,13 @@ class WorkerSession(_SessionBase):
     def make_recorder(self, item: pytest.Item) -> Recorder | MetricRecorder | None:
         return MetricRecorder() if self.metrics_only else Recorder(self.spill)
 
-    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
         def wanted(item: pytest.Item) -> bool:
             return item.nodeid in self.nodeids and any(
-                (item.nodeid, run.run_id) not in self.skip for run in self.runs)
+                (item.nodeid, run.run_id) not in self.skip for run in self.runs
+            )
 
         keep = [item for item in items if wanted(item)]
         dropped = [item for item in items if not wanted(item)]
@@ -465,22 +573,29 @@ class WorkerSession(_SessionBase):
             restore = _apply_backend(run.backend)
             try:
                 reports = runtestprotocol(
-                    item, log=False, nextitem=nextitem if last else keep_parents)  # type: ignore[arg-type]
+                    item, log=False, nextitem=nextitem if last else keep_parents
+                )  # type: ignore[arg-type]
             finally:
                 restore()
             context = item.stash.get(context_key, None)
             outcome, error = outcome_of(reports)
             record = context.close() if context else None
             result = ReplicaResult(
-                item.nodeid, self.spec.index, outcome, error, time.perf_counter() - started,
+                item.nodeid,
+                self.spec.index,
+                outcome,
+                error,
+                time.perf_counter() - started,
                 record=record if isinstance(record, RunRecord) else None,
                 sources_used=sorted(context.sources_used) if context else [],
                 environment={} if self.metrics_only else runtime_snapshot(),
                 run_id=run.run_id,
                 metrics=record if isinstance(record, dict) else {},
                 predictions=context.predictions if context else None,
-                run_info={**(context.run_info if context else {}),
-                          **({"backend": dict(run.backend)} if run.backend else {})},
+                run_info={
+                    **(context.run_info if context else {}),
+                    **({"backend": dict(run.backend)} if run.backend else {}),
+                },
             )
             append_channel(self.channel, result.to_json())
         return True
@@ -545,8 +660,10 @@ class ParentSession(_SessionBase):
         if options.deterministic:
             from repro_check.core.determinism import DETERMINISTIC_ENV
 
-            self.specs = [ReplicaSpec(s.index, {**s.env, **DETERMINISTIC_ENV}, s.num_threads,
-                                      s.label) for s in self.specs]
+            self.specs = [
+                ReplicaSpec(s.index, {**s.env, **DETERMINISTIC_ENV}, s.num_threads, s.label)
+                for s in self.specs
+            ]
         self._restore_determinism = _maybe_deterministic(options.deterministic)
         self.verdicts: list[RenderedVerdict] = []
         self.tmpdir = Path(tempfile.mkdtemp(prefix="repro-check-"))
@@ -561,7 +678,8 @@ class ParentSession(_SessionBase):
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         how = (
             "fresh processes (" + "; ".join(s.describe() for s in self.specs) + ")"
-            if self.subprocess else "this process"
+            if self.subprocess
+            else "this process"
         )
         mode = "; deterministic algorithms on" if self.options.deterministic else ""
         return [
@@ -588,33 +706,57 @@ class ParentSession(_SessionBase):
         return pool
 
     def _worker_job(
-        self, nodeids: list[str], spec: ReplicaSpec, tag: str, runs: list[RunSpec] | None = None,
-        skip: list[tuple[str, str]] | None = None, metrics_only: bool = False,
+        self,
+        nodeids: list[str],
+        spec: ReplicaSpec,
+        tag: str,
+        runs: list[RunSpec] | None = None,
+        skip: list[tuple[str, str]] | None = None,
+        metrics_only: bool = False,
     ) -> WorkerJob:
         config = self.config
         folder = self.tmpdir / tag
         folder.mkdir(parents=True, exist_ok=True)
         spec_path = folder / "spec.json"
-        write_json(spec_path, {
-            "schema": WORKER_SCHEMA,
-            "schema_version": 1,
-            "replica": spec.to_json(),
-            "base_seed": self.base_seed,
-            "nodeids": nodeids,
-            "channel": str(folder / "channel.jsonl"),
-            "spill_path": str(folder / "spill.bin"),
-            "spill_bytes": self.options.spill_bytes,
-            "runs": [run.to_json() for run in runs] if runs else [RunSpec(str(spec.index)).to_json()],
-            "metrics_only": metrics_only,
-            "deterministic": self.options.deterministic,
-            "skip": skip or [],
-        })
+        write_json(
+            spec_path,
+            {
+                "schema": WORKER_SCHEMA,
+                "schema_version": 1,
+                "replica": spec.to_json(),
+                "base_seed": self.base_seed,
+                "nodeids": nodeids,
+                "channel": str(folder / "channel.jsonl"),
+                "spill_path": str(folder / "spill.bin"),
+                "spill_bytes": self.options.spill_bytes,
+                "runs": [run.to_json() for run in runs]
+                if runs
+                else [RunSpec(str(spec.index)).to_json()],
+                "metrics_only": metrics_only,
+                "deterministic": self.options.deterministic,
+                "skip": skip or [],
+            },
+        )
         files = sorted({str(config.rootpath / nodeid.split("::")[0]) for nodeid in nodeids})
         command = [
-            python_executable(), "-m", "pytest", *files,
-            f"--repro-worker={spec_path}", f"--rootdir={config.rootpath}",
-            "-p", "no:cacheprovider", "-p", "no:xdist", "-p", "no:randomly",
-            "-o", "addopts=", "-q", "--no-header", "-p", "no:warnings",
+            python_executable(),
+            "-m",
+            "pytest",
+            *files,
+            f"--repro-worker={spec_path}",
+            f"--rootdir={config.rootpath}",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "-p",
+            "no:randomly",
+            "-o",
+            "addopts=",
+            "-q",
+            "--no-header",
+            "-p",
+            "no:warnings",
             f"--import-mode={config.option.importmode}",
         ]
         if config.inipath is not None:
@@ -626,9 +768,13 @@ class ParentSession(_SessionBase):
         ):
             command += ["-p", "repro_check.plugin"]
         return WorkerJob(
-            spec=spec, command=command, env=worker_env(spec, [PACKAGE_PARENT]),
-            cwd=str(config.invocation_params.dir), channel=folder / "channel.jsonl",
-            stdout=folder / "stdout.txt", stderr=folder / "stderr.txt",
+            spec=spec,
+            command=command,
+            env=worker_env(spec, [PACKAGE_PARENT]),
+            cwd=str(config.invocation_params.dir),
+            channel=folder / "channel.jsonl",
+            stdout=folder / "stdout.txt",
+            stderr=folder / "stderr.txt",
         )
 
     # --- in-process replicas
@@ -641,7 +787,8 @@ class ParentSession(_SessionBase):
         index = self.replica_index(item)
         if index not in self._spills:
             self._spills[index] = SpillWriter(
-                self.tmpdir / f"inprocess-{index}.bin", self.options.spill_bytes)
+                self.tmpdir / f"inprocess-{index}.bin", self.options.spill_bytes
+            )
         return Recorder(self._spills[index])
 
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
@@ -666,7 +813,11 @@ class ParentSession(_SessionBase):
         context = item.stash.get(context_key, None)
         outcome, error = outcome_of(reports)
         return ReplicaResult(
-            item.nodeid, index, outcome, error, time.perf_counter() - started,
+            item.nodeid,
+            index,
+            outcome,
+            error,
+            time.perf_counter() - started,
             record=context.close() if context else None,
             sources_used=sorted(context.sources_used) if context else [],
             environment=runtime_snapshot() if index == 0 else {},
@@ -675,8 +826,9 @@ class ParentSession(_SessionBase):
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
         last = len(self.specs) - 1
-        judged_here = not self.subprocess and is_repro_item(item) and (
-            self.replica_index(item) == last)
+        judged_here = (
+            not self.subprocess and is_repro_item(item) and (self.replica_index(item) == last)
+        )
         error = ""
         try:
             result = yield  # in subprocess mode pytest_pyfunc_call below replaced the body
@@ -751,9 +903,17 @@ class ParentSession(_SessionBase):
         atol, rtol = self.tolerances(item)
         snapshot = reference.environment or runtime_snapshot()
         if self.options.update:
-            bl.write_baseline(path, bl.build_baseline(
-                item.nodeid, verdict.seed, self.base_seed, reference.record, snapshot,
-                (atol, rtol)))
+            bl.write_baseline(
+                path,
+                bl.build_baseline(
+                    item.nodeid,
+                    verdict.seed,
+                    self.base_seed,
+                    reference.record,
+                    snapshot,
+                    (atol, rtol),
+                ),
+            )
             verdict.baseline = {"path": shown, "action": "written"}
             return
         if not path.exists():
@@ -768,11 +928,18 @@ class ParentSession(_SessionBase):
             return
         allowance = ", ".join(verdict.allowed) if verdict.status == ALLOWED else ""
         if allowance:
-            atol = max(atol, *(_tolerance_in(why, "atol", atol) for why in verdict.allowed.values()))
-        check = bl.check_baseline(document, reference.record, snapshot, atol, rtol,
-                                  allowed_nondeterminism=allowance)
-        verdict.baseline = {"path": shown, "action": "checked", "created": document.get("created"),
-                            **check.to_json()}
+            atol = max(
+                atol, *(_tolerance_in(why, "atol", atol) for why in verdict.allowed.values())
+            )
+        check = bl.check_baseline(
+            document, reference.record, snapshot, atol, rtol, allowed_nondeterminism=allowance
+        )
+        verdict.baseline = {
+            "path": shown,
+            "action": "checked",
+            "created": document.get("created"),
+            **check.to_json(),
+        }
         if check.failed:
             verdict.status = BASELINE_MISMATCH
 
@@ -802,7 +969,8 @@ class ParentSession(_SessionBase):
             found = f"{loc.get('kind')} {op}".strip() if loc else "not localised"
             verdict.notes.append(
                 f"allowed nondeterminism ({', '.join(verdict.allowed)}) does not cover this "
-                f"divergence (localised: {found})")
+                f"divergence (localised: {found})"
+            )
             return
         rationale = verdict.allowed[matched]
         atol = _tolerance_in(rationale, "atol", self.options.atol)
@@ -821,8 +989,10 @@ class ParentSession(_SessionBase):
         """Marker ``atol``/``rtol`` first, then the command line, then the ini file."""
         marker = item.get_closest_marker(MARKER)
         kwargs = marker.kwargs if marker else {}
-        return (float(kwargs.get("atol", self.options.atol)),
-                float(kwargs.get("rtol", self.options.rtol)))
+        return (
+            float(kwargs.get("atol", self.options.atol)),
+            float(kwargs.get("rtol", self.options.rtol)),
+        )
 
     def accept_command(self, item: pytest.Item) -> str:
         return f"pytest --repro --repro-update {shlex.quote(self._target(item))}"
@@ -834,10 +1004,15 @@ class ParentSession(_SessionBase):
         for result in results:
             if result.record is not None and result.record.steps:
                 save_last_step(
-                    self.options.report_dir / "checkpoints", result,
-                    {"seed": seed, "base_seed": self.base_seed,
-                     "replica_spec": self.specs[result.replica].to_json()
-                     if result.replica < len(self.specs) else {}},
+                    self.options.report_dir / "checkpoints",
+                    result,
+                    {
+                        "seed": seed,
+                        "base_seed": self.base_seed,
+                        "replica_spec": self.specs[result.replica].to_json()
+                        if result.replica < len(self.specs)
+                        else {},
+                    },
                 )
             yield result
 
@@ -866,7 +1041,8 @@ class ParentSession(_SessionBase):
             control = reruns[0]
             if attempt == 0 and control.outcome == "passed" and control.record is not None:
                 verdict.diagnosis = self._process_state_finding(
-                    compare_runs(reference, control.record).identical)
+                    compare_runs(reference, control.record).identical
+                )
             if not localize:
                 return
             verdict.localization = localize_from_reruns(reruns, step, originals)
@@ -879,8 +1055,13 @@ class ParentSession(_SessionBase):
             step = parted  # the reruns parted elsewhere: trace where they did
 
     def _traced_reruns(
-        self, item: pytest.Item, originals: list[ReplicaSpec], steps: list[int], step: int,
-        localize: bool, attempt: int,
+        self,
+        item: pytest.Item,
+        originals: list[ReplicaSpec],
+        steps: list[int],
+        step: int,
+        localize: bool,
+        attempt: int,
     ) -> list[ReplicaResult]:
         from concurrent.futures import ThreadPoolExecutor
 
@@ -892,12 +1073,22 @@ class ParentSession(_SessionBase):
         folder = self.tmpdir / f"investigate-{_slug(item.nodeid)}-{attempt}"
         specs, jobs = [], []
         for index, original in enumerate(originals[: 2 if localize else 1]):
-            spec = ReplicaSpec(index, dict(original.env), original.num_threads,
-                               label=f"rerun of replica {original.index}")
+            spec = ReplicaSpec(
+                index,
+                dict(original.env),
+                original.num_threads,
+                label=f"rerun of replica {original.index}",
+            )
             trace = {**window, "path": str(folder / f"trace-{index}.jsonl")} if localize else None
             specs.append(spec)
-            jobs.append(self._worker_job([item.nodeid], spec, f"{folder.name}/{index}",
-                                         runs=[RunSpec(str(index), trace=trace)]))
+            jobs.append(
+                self._worker_job(
+                    [item.nodeid],
+                    spec,
+                    f"{folder.name}/{index}",
+                    runs=[RunSpec(str(index), trace=trace)],
+                )
+            )
         pool = ReplicaPool(jobs, ThreadPoolExecutor(max_workers=min(self.options.jobs, len(jobs))))
         pool.start()
         try:
@@ -914,8 +1105,14 @@ class ParentSession(_SessionBase):
 
     def _process_state_finding(self, control_matches: bool) -> str:
         reference_spec = self.specs[0]
-        differing = sorted({key for spec in self.specs for key in spec.env
-                            if spec.env.get(key) != reference_spec.env.get(key)})
+        differing = sorted(
+            {
+                key
+                for spec in self.specs
+                for key in spec.env
+                if spec.env.get(key) != reference_spec.env.get(key)
+            }
+        )
         if control_matches:
             return (
                 f"only process-level state differs: a control replica with replica 0's "
@@ -952,8 +1149,12 @@ class ParentSession(_SessionBase):
 
     def rerun_command(self, item: pytest.Item) -> str:
         target = self._target(item)
-        parts = ["pytest", "--repro", f"--repro-seed={self.base_seed}",
-                 f"--repro-runs={self.options.runs}"]
+        parts = [
+            "pytest",
+            "--repro",
+            f"--repro-seed={self.base_seed}",
+            f"--repro-runs={self.options.runs}",
+        ]
         if self.options.deterministic:
             parts.append("--repro-deterministic")
         if self.config.getoption("repro_steps") is not None:
@@ -978,16 +1179,21 @@ class ParentSession(_SessionBase):
             if verdict.json["nonfinite"] and verdict.json["status"] not in FAILING:
                 terminalreporter.write_line(  # reproducible, yet worth knowing
                     f"warning: {verdict.json['nodeid']} reproducibly produced non-finite values "
-                    f"(first: {verdict.json['nonfinite']})", yellow=True)
+                    f"(first: {verdict.json['nonfinite']})",
+                    yellow=True,
+                )
         for verdict in self.verdicts:
             for op, why in (verdict.json.get("allowed_nondeterminism") or {}).items():
                 if verdict.json["status"] == ALLOWED:
                     terminalreporter.write_line(
-                        f"allowed nondeterminism in {verdict.json['nodeid']}: {op} -- {why}")
+                        f"allowed nondeterminism in {verdict.json['nodeid']}: {op} -- {why}"
+                    )
         for path in self._unused_baselines():
             terminalreporter.write_line(
                 f"unused baseline (no collected test uses it; delete it if the test is gone): "
-                f"{os.path.relpath(path, self.config.invocation_params.dir)}", yellow=True)
+                f"{os.path.relpath(path, self.config.invocation_params.dir)}",
+                yellow=True,
+            )
         self._report_footer(terminalreporter, ", ".join(map(str, self._report_paths)))
 
     def _report_footer(self, terminalreporter: Any, written: str) -> None:
@@ -1014,7 +1220,8 @@ class ParentSession(_SessionBase):
         if self.verdicts and self.options.report_dir is not None:
             try:
                 self._report_paths = write_reports(
-                    self.options.report_dir, self.verdicts, session=self.session_info())
+                    self.options.report_dir, self.verdicts, session=self.session_info()
+                )
                 self._report_paths.append(self._write_environment(self.options.report_dir))
             except OSError as exc:
                 self._report_error = (
@@ -1034,8 +1241,11 @@ class ParentSession(_SessionBase):
         from repro_check.orchestration.baseline import find_unused
 
         option = self.config.option
-        filtered = getattr(option, "keyword", "") or getattr(option, "markexpr", "") or any(
-            "::" in str(arg) for arg in self.config.args)
+        filtered = (
+            getattr(option, "keyword", "")
+            or getattr(option, "markexpr", "")
+            or any("::" in str(arg) for arg in self.config.args)
+        )
         if filtered or self.options.baseline == "off" or not self._baselines_used:
             return []
         return find_unused({p.parent for p in self._baselines_used}, self._baselines_used)
@@ -1101,6 +1311,7 @@ def _rerun_divergence_step(reruns: list[ReplicaResult]) -> int | None:
 
 def _same_op_name(allowed: str, op: str) -> bool:
     """``aten::index_put`` allows aten::index_put, aten::index_put_ and their overloads."""
+
     def base(name: str) -> str:
         return name.split(".")[0].rstrip("_")
 

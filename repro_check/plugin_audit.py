@@ -46,8 +46,10 @@ class AuditPlugin:
 
         funcargs = pyfuncitem.funcargs
         arguments = {name: funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
-        previous = (torch.are_deterministic_algorithms_enabled(),
-                    torch.is_deterministic_algorithms_warn_only_enabled())
+        previous = (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.is_deterministic_algorithms_warn_only_enabled(),
+        )
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if not previous[0]:
@@ -58,9 +60,9 @@ class AuditPlugin:
             finally:
                 torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
         self.findings[pyfuncitem.nodeid] = gpu_risk.audit(tracer.events)
-        self.alerts[pyfuncitem.nodeid] = sorted({
-            str(w.message).splitlines()[0] for w in caught
-            if "deterministic" in str(w.message)})
+        self.alerts[pyfuncitem.nodeid] = sorted(
+            {str(w.message).splitlines()[0] for w in caught if "deterministic" in str(w.message)}
+        )
         # Replicas judged in other processes still need this process to judge them.
         session = self.config.pluginmanager.get_plugin("repro-session")
         return None if session is not None and getattr(session, "subprocess", False) else True
@@ -87,16 +89,26 @@ class AuditPlugin:
         from repro_check.core.gpu_risk import format_findings
 
         document = {
-            "schema": AUDIT_SCHEMA, "schema_version": 1, "torch": torch.__version__,
-            "tests": {nodeid: {"findings": [_plain(f) for f in findings],
-                               "torch_alerts": self.alerts.get(nodeid, [])}
-                      for nodeid, findings in self.findings.items()},
+            "schema": AUDIT_SCHEMA,
+            "schema_version": 1,
+            "torch": torch.__version__,
+            "tests": {
+                nodeid: {
+                    "findings": [_plain(f) for f in findings],
+                    "torch_alerts": self.alerts.get(nodeid, []),
+                }
+                for nodeid, findings in self.findings.items()
+            },
         }
         try:
             write_json(self.report_dir / "gpu_audit.json", document)
-            lines = ["# GPU-risk audit", "",
-                     f"Ops nondeterministic on CUDA under torch {torch.__version__}, from a CPU "
-                     f"trace of each test.", ""]
+            lines = [
+                "# GPU-risk audit",
+                "",
+                f"Ops nondeterministic on CUDA under torch {torch.__version__}, from a CPU "
+                f"trace of each test.",
+                "",
+            ]
             for nodeid, findings in self.findings.items():
                 lines += [f"## {nodeid}", "", "```", format_findings(findings), "```", ""]
             atomic_write_text(self.report_dir / "gpu_audit.md", "\n".join(lines))
@@ -105,7 +117,9 @@ class AuditPlugin:
 
 
 def _plain(finding: Any) -> dict[str, Any]:
-    return dataclasses.asdict(finding) if dataclasses.is_dataclass(finding) else {"text": str(finding)}
+    return (
+        dataclasses.asdict(finding) if dataclasses.is_dataclass(finding) else {"text": str(finding)}
+    )
 
 
 def _indent(text: str, prefix: str) -> str:

@@ -46,14 +46,16 @@ class SensitivitySession(ParentSession):
         if self.k < 1:
             raise pytest.UsageError(f"--repro-seeds={self.k}: must be at least 1")
         names = config.getoption("repro_sources")
-        self.sources = [s.strip() for s in names.split(",") if s.strip()] if names else list(
-            DEFAULT_SOURCES)
+        self.sources = (
+            [s.strip() for s in names.split(",") if s.strip()] if names else list(DEFAULT_SOURCES)
+        )
         self.only = config.getoption("repro_only_run")
         self.runs = plan_runs(self.sources, self.k, self.only)
         if not self.runs:
             raise pytest.UsageError(
                 f"--repro-only-run={self.only}: no such run; runs are named SOURCE:K with K "
-                f"in 0..{self.k - 1} and SOURCE in {', '.join([*self.sources, 'all'])}")
+                f"in 0..{self.k - 1} and SOURCE in {', '.join([*self.sources, 'all'])}"
+            )
         folder = (options.report_dir or Path(config.rootpath, "reports")) / "sensitivity"
         self.folder = folder
         self.store = SweepStore(folder / STORE_NAME, self.base_seed)
@@ -75,15 +77,22 @@ class SensitivitySession(ParentSession):
         nodeids = [item.nodeid for item in session.items if is_repro_item(item)]
         if not nodeids:
             return
-        skip = [(nodeid, run.run_id) for nodeid in nodeids for run in self.runs
-                if (nodeid, run.run_id) in self._done]
+        skip = [
+            (nodeid, run.run_id)
+            for nodeid in nodeids
+            for run in self.runs
+            if (nodeid, run.run_id) in self._done
+        ]
         buckets = split_round_robin(self.runs, self.options.jobs)
         jobs = []
         run_jobs = {}
         for index, bucket in enumerate(buckets):
             spec = ReplicaSpec(index, label=f"sweep worker {index}")
-            jobs.append(self._worker_job(nodeids, spec, f"sweep-{index}", runs=bucket, skip=skip,
-                                         metrics_only=True))
+            jobs.append(
+                self._worker_job(
+                    nodeids, spec, f"sweep-{index}", runs=bucket, skip=skip, metrics_only=True
+                )
+            )
             run_jobs.update({run.run_id: index for run in bucket})
         self.pool = ReplicaPool(jobs, self._executor(len(jobs)), run_jobs=run_jobs)
         self.pool.start()
@@ -97,25 +106,39 @@ class SensitivitySession(ParentSession):
             from distributed import Client, LocalCluster
         except ImportError:
             raise pytest.UsageError(
-                "--repro-executor=dask needs Dask: pip install 'repro-check[dask]'") from None
+                "--repro-executor=dask needs Dask: pip install 'repro-check[dask]'"
+            ) from None
         address = self.config.getoption("repro_dask_scheduler")
         if address:
             self._dask = (Client(address), None)
         else:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   host="127.0.0.1", dashboard_address=None)
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+            )
             self._dask = (Client(cluster), cluster)
         return self._dask[0].get_executor()
 
     def run_command(self, item: pytest.Item, run: RunSpec) -> str:
-        return " ".join([
-            "pytest", "--repro-sensitivity", f"--repro-seed={self.base_seed}",
-            f"--repro-seeds={self.k}", f"--repro-sources={','.join(self.sources)}",
-            f"--repro-only-run={run.run_id}",
-            *([f"--repro-steps={self.config.getoption('repro_steps')}"]
-              if self.config.getoption("repro_steps") is not None else []),
-            shlex.quote(self._target(item)),
-        ])
+        return " ".join(
+            [
+                "pytest",
+                "--repro-sensitivity",
+                f"--repro-seed={self.base_seed}",
+                f"--repro-seeds={self.k}",
+                f"--repro-sources={','.join(self.sources)}",
+                f"--repro-only-run={run.run_id}",
+                *(
+                    [f"--repro-steps={self.config.getoption('repro_steps')}"]
+                    if self.config.getoption("repro_steps") is not None
+                    else []
+                ),
+                shlex.quote(self._target(item)),
+            ]
+        )
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
@@ -131,8 +154,12 @@ class SensitivitySession(ParentSession):
                 row = done
             else:
                 result = self.pool.result(pyfuncitem.nodeid, run.run_id)
-                row = result_row(result, base_seed=self.base_seed, root_seed=root,
-                                 command=self.run_command(pyfuncitem, run))
+                row = result_row(
+                    result,
+                    base_seed=self.base_seed,
+                    root_seed=root,
+                    command=self.run_command(pyfuncitem, run),
+                )
                 self.store.append(row)
             self.rows.append(row)
             if row["status"] == "failed":
@@ -177,7 +204,8 @@ class SensitivitySession(ParentSession):
         nan = sum(r["status"] == "nan" for r in self.rows)
         terminalreporter.write_line(
             f"{len(self.rows)} runs ({self.resumed} resumed from {self.store.path}), "
-            f"{failed} failed, {nan} with NaN metrics; base seed {self.base_seed}")
+            f"{failed} failed, {nan} with NaN metrics; base seed {self.base_seed}"
+        )
         plots = sum(p.suffix == ".png" for p in self._report_paths)
         files = ", ".join(p.name for p in self._report_paths if p.suffix != ".png")
         self._report_footer(terminalreporter, f"{self.folder}/ ({files}, {plots} plots)")
@@ -199,8 +227,11 @@ class SensitivitySession(ParentSession):
             info = self.session_info()
             info.update({"k": self.k, "sources": self.sources})
             self._report_paths = write_report(
-                self.analysis(), self.folder, session=info,
-                disagreement=prediction_agreement(self.rows))
+                self.analysis(),
+                self.folder,
+                session=info,
+                disagreement=prediction_agreement(self.rows),
+            )
             self._report_paths.append(self._write_environment(self.folder))
         except OSError as exc:
             self._report_error = f"repro-check: could not write the sensitivity report: {exc}"

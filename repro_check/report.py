@@ -117,8 +117,9 @@ def _baseline_lines(head: str, verdict: TestVerdict) -> list[str]:
         f"each other",
         f"  comparison: {b.get('mode')} -- {b.get('reason')}",
     ]
-    lines += ["  " + line.strip() if not line.startswith("    ") else line
-              for line in b.get("detail", [])]
+    lines += [
+        "  " + line.strip() if not line.startswith("    ") else line for line in b.get("detail", [])
+    ]
     differences = b.get("env_differences") or []
     if differences:
         lines.append("  environment changes since the baseline (determinism-relevant):")
@@ -126,8 +127,10 @@ def _baseline_lines(head: str, verdict: TestVerdict) -> list[str]:
         if len(differences) > 12:
             lines.append(f"    ... and {len(differences) - 12} more (repro-check env diff)")
     else:
-        lines.append("  environment: unchanged in every determinism-relevant way, so the code or "
-                     "the data changed the numbers")
+        lines.append(
+            "  environment: unchanged in every determinism-relevant way, so the code or "
+            "the data changed the numbers"
+        )
     return lines
 
 
@@ -157,7 +160,9 @@ def _divergence_lines(d: Divergence) -> list[str]:
             f"({shown})"
         )
     else:
-        lines.append(f"    every other key ({d.keys_total - 1}) is still bitwise equal at step {d.step}")
+        lines.append(
+            f"    every other key ({d.keys_total - 1}) is still bitwise equal at step {d.step}"
+        )
     if d.growth:
         lines.append("  how the divergence grows:")
         metric_names = list(d.growth[0].metrics)
@@ -184,7 +189,13 @@ def _num(x: float | None) -> str:
 
 
 SUMMARY_HEADERS = [
-    "test", "replicas", "steps", "tensors", "fingerprinted", "verdict", "baseline",
+    "test",
+    "replicas",
+    "steps",
+    "tensors",
+    "fingerprinted",
+    "verdict",
+    "baseline",
     "first divergence",
 ]
 
@@ -223,8 +234,16 @@ def summary_row(v: TestVerdict) -> list[Any]:
     if v.nonfinite and not v.failed:
         status += " (NaN/inf)"
     detail = v.first_divergence() or ("-" if not v.error else v.error.splitlines()[0][:60])
-    return [v.nodeid, len(v.specs), v.steps, v.keys, human_bytes(v.bytes_fingerprinted),
-            status, baseline_cell(v), detail]
+    return [
+        v.nodeid,
+        len(v.specs),
+        v.steps,
+        v.keys,
+        human_bytes(v.bytes_fingerprinted),
+        status,
+        baseline_cell(v),
+        detail,
+    ]
 
 
 def render(v: TestVerdict) -> RenderedVerdict:

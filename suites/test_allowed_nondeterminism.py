@@ -22,10 +22,13 @@ class BagOfIds(nn.Module):
         return self.head(pooled * (self.bags / len(ids)))
 
 
-@pytest.mark.repro(steps=4, allow={
-    "aten::index_put": "bag sums over duplicate ids: thread order changes the last bits; "
-                       "bounded by atol=1e-4",
-})
+@pytest.mark.repro(
+    steps=4,
+    allow={
+        "aten::index_put": "bag sums over duplicate ids: thread order changes the last bits; "
+        "bounded by atol=1e-4",
+    },
+)
 def test_embedding_bag_accumulation(repro):
     torch.set_num_threads(2)
     generator = repro.generator("data")

@@ -14,8 +14,14 @@ def cnn():
 @pytest.mark.repro(steps=16)
 def test_cnn_augmented_workers(repro, cnn):
     dataset = ShapesDataset(repro.generator("data"))
-    loader = DataLoader(dataset, batch_size=32, shuffle=True, num_workers=2,
-                        persistent_workers=True, **repro.dataloader_kwargs("augment"))
+    loader = DataLoader(
+        dataset,
+        batch_size=32,
+        shuffle=True,
+        num_workers=2,
+        persistent_workers=True,
+        **repro.dataloader_kwargs("augment"),
+    )
     optimizer = torch.optim.SGD(cnn.parameters(), lr=0.05, momentum=0.9)
     loss = train_steps(repro, cnn, optimizer, loader)
     assert loss == loss  # finite training, not NaN

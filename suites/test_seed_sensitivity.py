@@ -17,8 +17,12 @@ POOL, TRAIN, HELD_OUT = 4096, 512, 1024
 
 def blobs(generator: torch.Generator, n: int) -> TensorDataset:
     """Four overlapping Gaussian classes in 20-D: accuracy well below 100%, so seeds matter."""
-    centers = torch.tensor([[1.0] * 10 + [0.0] * 10, [0.0] * 10 + [1.0] * 10,
-                            [1.0, 0.0] * 10, [0.0, 1.0] * 10]) * 0.9
+    centers = (
+        torch.tensor(
+            [[1.0] * 10 + [0.0] * 10, [0.0] * 10 + [1.0] * 10, [1.0, 0.0] * 10, [0.0, 1.0] * 10]
+        )
+        * 0.9
+    )
     labels = torch.randint(0, 4, (n,), generator=generator)
     return TensorDataset(centers[labels] + torch.randn(n, 20, generator=generator), labels)
 
@@ -26,8 +30,15 @@ def blobs(generator: torch.Generator, n: int) -> TensorDataset:
 class DropoutMLP(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Dropout(0.2),
-                                 nn.Linear(64, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, 4))
+        self.net = nn.Sequential(
+            nn.Linear(20, 64),
+            nn.ReLU(),
+            nn.Dropout(0.2),
+            nn.Linear(64, 64),
+            nn.ReLU(),
+            nn.Dropout(0.2),
+            nn.Linear(64, 4),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -57,8 +68,14 @@ def test_dropout_mlp_sensitivity(repro):
             eval_loss = nn.functional.cross_entropy(logits, held_out.tensors[1])
             accuracy = (logits.argmax(1) == held_out.tensors[1]).float().mean()
             repro.record_predictions(logits)
-            repro.record(step, model=model, optimizer=optimizer, loss=loss,
-                         eval_loss=eval_loss, eval_accuracy=accuracy)
+            repro.record(
+                step,
+                model=model,
+                optimizer=optimizer,
+                loss=loss,
+                eval_loss=eval_loss,
+                eval_accuracy=accuracy,
+            )
         else:
             repro.record(step, model=model, optimizer=optimizer, loss=loss)
     assert float(accuracy) > 0.5, "the model should beat chance (0.25) by far"

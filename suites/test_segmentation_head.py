@@ -12,15 +12,20 @@ from torch import nn
 class TinySegmenter(nn.Module):
     def __init__(self, classes: int = 3) -> None:
         super().__init__()
-        self.encode = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(),
-                                    nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU())
+        self.encode = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
         self.context = nn.AdaptiveAvgPool2d((2, 2))
         self.classify = nn.Conv2d(16, classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.encode(x)
-        context = F.interpolate(self.context(features), size=features.shape[-2:],
-                                mode="bilinear", align_corners=False)
+        context = F.interpolate(
+            self.context(features), size=features.shape[-2:], mode="bilinear", align_corners=False
+        )
         logits = self.classify(torch.cat([features, context], dim=1))
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 

@@ -18,9 +18,11 @@ def add_parser(subparsers: Any) -> None:
     verify.add_argument("path")
     verify.set_defaults(func=run_verify)
     diff = sub.add_parser(
-        "diff", help="compare two checkpoints (.safetensors with or without manifest, or a "
+        "diff",
+        help="compare two checkpoints (.safetensors with or without manifest, or a "
         "torch.save state dict, loaded with weights_only=True); exit 0 when bitwise equal, 1 "
-        "when not")
+        "when not",
+    )
     diff.add_argument("a")
     diff.add_argument("b")
     diff.add_argument("--all", action="store_true", help="list equal keys too")
@@ -59,14 +61,32 @@ def run_diff(args: argparse.Namespace) -> int:
         if d.status == "equal" and not args.all:
             continue
         if d.detail is not None:
-            rows.append([d.key, d.status, f"{d.detail.mismatched}/{d.detail.numel}",
-                         f"{d.detail.max_abs:.3g}", str(d.detail.max_abs_index),
-                         f"{d.detail.max_rel:.3g}"])
+            rows.append(
+                [
+                    d.key,
+                    d.status,
+                    f"{d.detail.mismatched}/{d.detail.numel}",
+                    f"{d.detail.max_abs:.3g}",
+                    str(d.detail.max_abs_index),
+                    f"{d.detail.max_rel:.3g}",
+                ]
+            )
         else:
             rows.append([d.key, d.status, "", "", "", d.note])
     differing = sum(d.status != "equal" for d in diffs)
     if rows:
-        print(tabulate(rows, headers=["key", "status", "elements differing", "max abs diff",
-                                      "at index", "max rel diff / note"]))
+        print(
+            tabulate(
+                rows,
+                headers=[
+                    "key",
+                    "status",
+                    "elements differing",
+                    "max abs diff",
+                    "at index",
+                    "max rel diff / note",
+                ],
+            )
+        )
     print(f"{len(diffs)} keys, {differing} differ" + ("" if differing else ": bitwise identical"))
     return 1 if differing else 0

@@ -26,8 +26,9 @@ def arm(context: RunContext, index: int) -> None:
 
     def nudge(module: torch.nn.Module, args: Any) -> None:
         handle.remove()
-        parameters = [(n, p) for n, p in module.named_parameters() if p.is_floating_point()
-                      and p.numel() > 0]
+        parameters = [
+            (n, p) for n, p in module.named_parameters() if p.is_floating_point() and p.numel() > 0
+        ]
         if not parameters:
             context.run_info["bitflip"] = "no floating-point parameter to nudge"
             return
@@ -42,7 +43,10 @@ def arm(context: RunContext, index: int) -> None:
             flat[element] = torch.nextafter(before, torch.tensor(float("inf"), dtype=before.dtype))
             after = float(flat[element])
         context.run_info["bitflip"] = {
-            "parameter": name, "element": element, "before": float(before), "after": after,
+            "parameter": name,
+            "element": element,
+            "before": float(before),
+            "after": after,
         }
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(nudge)

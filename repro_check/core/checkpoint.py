@@ -37,8 +37,11 @@ def save_checkpoint(
     from safetensors.torch import save
 
     target = Path(path).with_suffix(".safetensors")
-    storable = {k: t.detach().cpu().contiguous() for k, t in tensors.items()
-                if str(t.dtype).removeprefix("torch.") not in UNSUPPORTED_DTYPES}
+    storable = {
+        k: t.detach().cpu().contiguous()
+        for k, t in tensors.items()
+        if str(t.dtype).removeprefix("torch.") not in UNSUPPORTED_DTYPES
+    }
     skipped = sorted(set(tensors) - set(storable))
     data = save(storable)
     atomic_write_bytes(target, data)
@@ -59,8 +62,9 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint` and verify it against its manifest."""
     tensor_path = Path(path).with_suffix(".safetensors")
-    manifest = read_json(manifest_path(tensor_path), schema=MANIFEST_SCHEMA,
-                         max_version=MANIFEST_VERSION)
+    manifest = read_json(
+        manifest_path(tensor_path), schema=MANIFEST_SCHEMA, max_version=MANIFEST_VERSION
+    )
     try:
         data = tensor_path.read_bytes()
     except OSError as exc:
@@ -73,7 +77,9 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     tensors = _parse_safetensors(data, tensor_path)
     for key, expected in manifest["tensors"].items():
         if key not in tensors:
-            raise StoredFileError(f"{tensor_path}: tensor {key!r} listed in the manifest is missing")
+            raise StoredFileError(
+                f"{tensor_path}: tensor {key!r} listed in the manifest is missing"
+            )
         actual = fingerprint_tensor(tensors[key]).to_json()
         if actual != expected:
             raise StoredFileError(f"{tensor_path}: tensor {key!r} does not match its fingerprint")
@@ -106,7 +112,9 @@ def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        reason = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+        reason = next(
+            (line for line in lines if "Unsupported global" in line), lines[0] if lines else ""
+        )
         raise StoredFileError(
             f"{p}: refused by torch.load(weights_only=True) ({reason}). The file holds objects "
             f"other than tensors and plain containers, or is corrupt; repro-check never unpickles "
@@ -145,7 +153,9 @@ def diff_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list
         elif a[key].dtype != b[key].dtype:
             result.append(KeyDiff(key, "dtype", note=f"{a[key].dtype} vs {b[key].dtype}"))
         elif a[key].shape != b[key].shape:
-            result.append(KeyDiff(key, "shape", note=f"{tuple(a[key].shape)} vs {tuple(b[key].shape)}"))
+            result.append(
+                KeyDiff(key, "shape", note=f"{tuple(a[key].shape)} vs {tuple(b[key].shape)}")
+            )
         elif fingerprint_tensor(a[key]).same_bits(fingerprint_tensor(b[key])):
             result.append(KeyDiff(key, "equal"))
         else:

@@ -108,8 +108,10 @@ def tensor_diff(reference: torch.Tensor, other: torch.Tensor) -> TensorDiff:
         c_a, c_b = a.to(torch.complex128), b.to(torch.complex128)
         abs_diff = (c_a - c_b).abs()
         a64, b64 = c_a.abs(), c_b.abs()
-        nan_a, nan_b = torch.isnan(c_a.real) | torch.isnan(c_a.imag), torch.isnan(
-            c_b.real) | torch.isnan(c_b.imag)
+        nan_a, nan_b = (
+            torch.isnan(c_a.real) | torch.isnan(c_a.imag),
+            torch.isnan(c_b.real) | torch.isnan(c_b.imag),
+        )
     else:
         a64, b64 = a.to(torch.float64), b.to(torch.float64)
         abs_diff = (a64 - b64).abs()
@@ -262,20 +264,26 @@ def _structural_mismatch(reference: RunRecord, other: RunRecord) -> StructuralMi
                 what = "same keys recorded in a different order"
             key = (missing or extra or [ref_keys[0]])[0]
             return StructuralMismatch(
-                "keys", f"step {ref_step.step}: the replicas recorded different keys ({what})",
-                step=ref_step.step, key=key,
+                "keys",
+                f"step {ref_step.step}: the replicas recorded different keys ({what})",
+                step=ref_step.step,
+                key=key,
             )
         for key, entry in ref_step.entries.items():
             a, b = entry.fingerprint, other_step.entries[key].fingerprint
             if a.dtype != b.dtype:
                 return StructuralMismatch(
-                    "dtype", f"step {ref_step.step}, {key}: dtype {a.dtype} vs {b.dtype}",
-                    ref_step.step, key,
+                    "dtype",
+                    f"step {ref_step.step}, {key}: dtype {a.dtype} vs {b.dtype}",
+                    ref_step.step,
+                    key,
                 )
             if a.shape != b.shape:
                 return StructuralMismatch(
-                    "shape", f"step {ref_step.step}, {key}: shape {a.shape} vs {b.shape}",
-                    ref_step.step, key,
+                    "shape",
+                    f"step {ref_step.step}, {key}: shape {a.shape} vs {b.shape}",
+                    ref_step.step,
+                    key,
                 )
     return None
 
@@ -365,7 +373,9 @@ class ToleranceCheck:
     message: str = ""
 
 
-def within_tolerance(reference: RunRecord, other: RunRecord, atol: float, rtol: float) -> ToleranceCheck:
+def within_tolerance(
+    reference: RunRecord, other: RunRecord, atol: float, rtol: float
+) -> ToleranceCheck:
     """Do two structurally equal runs agree within ``|a - b| <= atol + rtol * |a|`` at every
     step, key and element? Needs both runs' spilled tensors wherever their bits differ."""
     import torch
@@ -379,9 +389,14 @@ def within_tolerance(reference: RunRecord, other: RunRecord, atol: float, rtol: 
             pair = _load_pair(entry, other_entry)
             where = f"step {ref_step.step}, {key}"
             if pair is None:
-                return ToleranceCheck(False, ref_step.step, key, float("nan"),
-                                      f"{where}: tensors were not spilled, cannot compare with "
-                                      f"tolerances (raise --repro-spill-mb)")
+                return ToleranceCheck(
+                    False,
+                    ref_step.step,
+                    key,
+                    float("nan"),
+                    f"{where}: tensors were not spilled, cannot compare with "
+                    f"tolerances (raise --repro-spill-mb)",
+                )
             a, b = (t.to(torch.complex128 if t.is_complex() else torch.float64) for t in pair)
             both_nan = torch.isnan(a.abs()) & torch.isnan(b.abs())
             diff = torch.where(both_nan, torch.zeros_like(a.real.abs()), (a - b).abs())
@@ -389,12 +404,19 @@ def within_tolerance(reference: RunRecord, other: RunRecord, atol: float, rtol: 
             bad = ~(diff <= allowed)
             largest = float(diff.max()) if diff.numel() else 0.0
             if bool(bad.any()):
-                return ToleranceCheck(False, ref_step.step, key, largest,
-                                      f"{where}: {int(bad.sum())} elements exceed atol={atol:g}, "
-                                      f"rtol={rtol:g} (largest |diff| {largest:.3g})")
+                return ToleranceCheck(
+                    False,
+                    ref_step.step,
+                    key,
+                    largest,
+                    f"{where}: {int(bad.sum())} elements exceed atol={atol:g}, "
+                    f"rtol={rtol:g} (largest |diff| {largest:.3g})",
+                )
             if largest > worst.worst_abs:
                 worst = ToleranceCheck(True, ref_step.step, key, largest)
-    worst.message = (f"all differences within atol={atol:g}, rtol={rtol:g}; largest |diff| "
-                     f"{worst.worst_abs:.3g}" + (f" at step {worst.worst_step}, {worst.worst_key}"
-                                                 if worst.worst_key else ""))
+    worst.message = (
+        f"all differences within atol={atol:g}, rtol={rtol:g}; largest |diff| "
+        f"{worst.worst_abs:.3g}"
+        + (f" at step {worst.worst_step}, {worst.worst_key}" if worst.worst_key else "")
+    )
     return worst

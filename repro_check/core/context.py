@@ -38,6 +38,8 @@ def _is_module(value: Any) -> bool:
     import torch
 
     return isinstance(value, torch.nn.Module)
+
+
 MAX_PREDICTIONS = 4096
 
 

@@ -50,8 +50,10 @@ def explain_deterministic_error(error_text: str) -> str:
         return ""
     frames = _FRAME.findall(error_text)
     where = f" at {frames[-1][0]}:{frames[-1][1]}" if frames else ""
-    return (f"{match.group(1)} has no deterministic implementation: "
-            f"torch.use_deterministic_algorithms(True) made it raise{where}. Replace the op "
-            f"(see `pytest --repro-audit` for alternatives) or accept it with "
-            f"@pytest.mark.repro(allow={{'aten::<op>': 'why; atol=...'}}) and run without "
-            f"--repro-deterministic.")
+    return (
+        f"{match.group(1)} has no deterministic implementation: "
+        f"torch.use_deterministic_algorithms(True) made it raise{where}. Replace the op "
+        f"(see `pytest --repro-audit` for alternatives) or accept it with "
+        f"@pytest.mark.repro(allow={{'aten::<op>': 'why; atol=...'}}) and run without "
+        f"--repro-deterministic."
+    )

@@ -61,8 +61,11 @@ def raw_bytes(tensor: torch.Tensor) -> np.ndarray:
     import torch
 
     t = tensor.detach()
-    if t.device.type == "cpu" and t.layout == torch.strided and t.is_contiguous() and not (
-        t.is_quantized or t.is_conj() or t.is_neg()
+    if (
+        t.device.type == "cpu"
+        and t.layout == torch.strided
+        and t.is_contiguous()
+        and not (t.is_quantized or t.is_conj() or t.is_neg())
     ):  # the fast path: no copy, no resolve
         return _flat_bytes(t)
     if t.is_quantized:

@@ -1022,8 +1022,15 @@ def _storage_entry(
         "does)."
     )
     return TraceDiff(
-        "external-input", index=i, event_a=ea, event_b=eb, entered_at=ea.source,
-        entered_event=i, events_compared=i, truncated=truncated, message=msg,
+        "external-input",
+        index=i,
+        event_a=ea,
+        event_b=eb,
+        entered_at=ea.source,
+        entered_event=i,
+        events_compared=i,
+        truncated=truncated,
+        message=msg,
         advice="seed every worker from the loader's generator (repro.dataloader_kwargs())",
     )
 

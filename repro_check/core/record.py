@@ -196,8 +196,10 @@ class Recorder:
     """Fingerprints (and spills) what a replica records, step by step."""
 
     def __init__(self, spill: SpillWriter | None = None) -> None:
-        self.run = RunRecord(spill_path=spill.path if spill else None,
-                             spill_exhausted=bool(spill and spill.exhausted))
+        self.run = RunRecord(
+            spill_path=spill.path if spill else None,
+            spill_exhausted=bool(spill and spill.exhausted),
+        )
         self._spill = spill
 
     def record(self, step: int, state: Mapping[str, Any]) -> StepRecord:
@@ -242,9 +244,19 @@ def check_recordable(step: Any, state: Mapping[str, Any]) -> None:
 
     _check_step(step)
     leaf_types = (
-        torch.Tensor, torch.nn.Module, torch.optim.Optimizer,
-        torch.optim.lr_scheduler.LRScheduler, torch.Generator, RNGState,
-        bool, int, float, complex, np.number, np.bool_, np.ndarray,
+        torch.Tensor,
+        torch.nn.Module,
+        torch.optim.Optimizer,
+        torch.optim.lr_scheduler.LRScheduler,
+        torch.Generator,
+        RNGState,
+        bool,
+        int,
+        float,
+        complex,
+        np.number,
+        np.bool_,
+        np.ndarray,
     )
 
     def check(name: str, value: Any) -> None:

@@ -26,11 +26,28 @@ def write_trace(path: str | os.PathLike[str], events: Iterable[OpEvent], truncat
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(json.dumps({"truncated": truncated}) + "\n")
         for e in events:
-            handle.write(json.dumps([
-                e.index, e.op, e.overload, e.call_index, [_sig(s) for s in e.inputs],
-                [_sig(s) for s in e.outputs], e.source, e.module_path, e.args_hash, e.rng_state,
-                list(e.flags), e.autograd_node, e.forward_index, e.requires_grad,
-            ], default=repr) + "\n")  # flags may hold dtypes or enums: kept as their repr
+            handle.write(
+                json.dumps(
+                    [
+                        e.index,
+                        e.op,
+                        e.overload,
+                        e.call_index,
+                        [_sig(s) for s in e.inputs],
+                        [_sig(s) for s in e.outputs],
+                        e.source,
+                        e.module_path,
+                        e.args_hash,
+                        e.rng_state,
+                        list(e.flags),
+                        e.autograd_node,
+                        e.forward_index,
+                        e.requires_grad,
+                    ],
+                    default=repr,
+                )
+                + "\n"
+            )  # flags may hold dtypes or enums: kept as their repr
 
 
 def read_trace(path: str | os.PathLike[str]) -> tuple[list[OpEvent], bool]:
@@ -38,11 +55,38 @@ def read_trace(path: str | os.PathLike[str]) -> tuple[list[OpEvent], bool]:
     with open(path, encoding="utf-8") as handle:
         truncated = bool(json.loads(handle.readline())["truncated"])
         for line in handle:
-            (index, op, overload, call_index, inputs, outputs, source, module_path, args_hash,
-             rng_state, flags, autograd_node, forward_index, requires_grad) = json.loads(line)
-            events.append(OpEvent(
-                index, op, overload, call_index, tuple(_unsig(s) for s in inputs),
-                tuple(_unsig(s) for s in outputs), source, module_path, args_hash, rng_state,
-                tuple(flags), autograd_node, forward_index, requires_grad,
-            ))
+            (
+                index,
+                op,
+                overload,
+                call_index,
+                inputs,
+                outputs,
+                source,
+                module_path,
+                args_hash,
+                rng_state,
+                flags,
+                autograd_node,
+                forward_index,
+                requires_grad,
+            ) = json.loads(line)
+            events.append(
+                OpEvent(
+                    index,
+                    op,
+                    overload,
+                    call_index,
+                    tuple(_unsig(s) for s in inputs),
+                    tuple(_unsig(s) for s in outputs),
+                    source,
+                    module_path,
+                    args_hash,
+                    rng_state,
+                    tuple(flags),
+                    autograd_node,
+                    forward_index,
+                    requires_grad,
+                )
+            )
     return events, truncated

@@ -93,7 +93,11 @@ def entry_summary(entry: Entry, *, with_stats: bool = True) -> dict[str, Any]:
 
 
 def build_baseline(
-    nodeid: str, seed: int, base_seed: int, record: RunRecord, snapshot: dict[str, Any],
+    nodeid: str,
+    seed: int,
+    base_seed: int,
+    record: RunRecord,
+    snapshot: dict[str, Any],
     tolerances: tuple[float, float],
 ) -> dict[str, Any]:
     return {
@@ -106,9 +110,13 @@ def build_baseline(
         "tolerances": {"atol": tolerances[0], "rtol": tolerances[1]},
         "environment": snapshot,
         "steps": [
-            {"step": s.step, "entries": {
-                k: entry_summary(e, with_stats=index in stat_steps) for k, e in s.entries.items()
-            }}
+            {
+                "step": s.step,
+                "entries": {
+                    k: entry_summary(e, with_stats=index in stat_steps)
+                    for k, e in s.entries.items()
+                },
+            }
             for index, s in enumerate(record.steps)
             for stat_steps in [stat_step_indices(len(record.steps))]
         ],
@@ -175,13 +183,19 @@ class BaselineCheck:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "status": self.status, "mode": self.mode, "reason": self.reason,
-            "env_differences": self.env_differences, "step": self.step, "key": self.key,
+            "status": self.status,
+            "mode": self.mode,
+            "reason": self.reason,
+            "env_differences": self.env_differences,
+            "step": self.step,
+            "key": self.key,
             "detail": self.lines,
         }
 
 
-def relevant_env_differences(before: dict[str, Any], after: dict[str, Any]) -> tuple[list[str], list[str]]:
+def relevant_env_differences(
+    before: dict[str, Any], after: dict[str, Any]
+) -> tuple[list[str], list[str]]:
     """(determinism-relevant differences, all differences), formatted one per line."""
     from repro_check.core import environment
 
@@ -190,19 +204,28 @@ def relevant_env_differences(before: dict[str, Any], after: dict[str, Any]) -> t
 
 
 def check_baseline(
-    baseline: dict[str, Any], record: RunRecord, snapshot: dict[str, Any],
-    atol: float, rtol: float, *, allowed_nondeterminism: str = "",
+    baseline: dict[str, Any],
+    record: RunRecord,
+    snapshot: dict[str, Any],
+    atol: float,
+    rtol: float,
+    *,
+    allowed_nondeterminism: str = "",
 ) -> BaselineCheck:
     relevant, _ = relevant_env_differences(baseline.get("environment", {}), snapshot)
     if allowed_nondeterminism:
         mode = "tolerance"
-        reason = (f"the test allows nondeterminism ({allowed_nondeterminism}), so its bits vary "
-                  f"between runs; compared with atol={atol:g}, rtol={rtol:g}")
+        reason = (
+            f"the test allows nondeterminism ({allowed_nondeterminism}), so its bits vary "
+            f"between runs; compared with atol={atol:g}, rtol={rtol:g}"
+        )
     elif relevant:
         mode = "tolerance"
-        reason = (f"the environment differs from the baseline's in {len(relevant)} "
-                  f"determinism-relevant way(s), so bitwise equality cannot be expected; "
-                  f"compared with atol={atol:g}, rtol={rtol:g}")
+        reason = (
+            f"the environment differs from the baseline's in {len(relevant)} "
+            f"determinism-relevant way(s), so bitwise equality cannot be expected; "
+            f"compared with atol={atol:g}, rtol={rtol:g}"
+        )
     else:
         mode = "bitwise"
         reason = "the environment matches the baseline's in every determinism-relevant way"
@@ -213,7 +236,8 @@ def check_baseline(
         check.status = "structural"
         check.lines.append(
             f"the baseline has {len(base_steps)} recorded steps, this run {len(now_steps)} "
-            f"(baseline steps {_span([s['step'] for s in base_steps])}, now {_span(now_steps)})")
+            f"(baseline steps {_span([s['step'] for s in base_steps])}, now {_span(now_steps)})"
+        )
         return check
     for base_step, step in zip(base_steps, record.steps, strict=True):
         base_entries = base_step["entries"]
@@ -223,7 +247,8 @@ def check_baseline(
             check.status, check.step = "structural", step.step
             check.key = (missing or extra)[0]
             check.lines.append(
-                f"step {step.step}: keys only in the baseline: {missing[:5]}; only now: {extra[:5]}")
+                f"step {step.step}: keys only in the baseline: {missing[:5]}; only now: {extra[:5]}"
+            )
             return check
         for key, entry in step.entries.items():
             base = base_entries[key]
@@ -232,22 +257,27 @@ def check_baseline(
                 check.status, check.step, check.key = "structural", step.step, key
                 check.lines.append(
                     f"step {step.step}, {key}: baseline {base['dtype']}{tuple(base['shape'])}, "
-                    f"now {fp.dtype}{fp.shape}")
+                    f"now {fp.dtype}{fp.shape}"
+                )
                 return check
             if base["digest"] == fp.digest:
                 continue
             now = entry_summary(entry, with_stats="stats" in base or "values" in base)
             if mode == "bitwise":
                 check.status, check.step, check.key = "mismatch", step.step, key
-                check.lines.append(f"first difference: step {step.step}, {key} "
-                                   f"({fp.dtype}, shape {fp.shape}) is no longer bitwise equal")
+                check.lines.append(
+                    f"first difference: step {step.step}, {key} "
+                    f"({fp.dtype}, shape {fp.shape}) is no longer bitwise equal"
+                )
                 check.lines.extend(_describe_delta(base, now, atol, rtol, show_all=True))
                 return check
             violations = _describe_delta(base, now, atol, rtol, show_all=False)
             if violations:
                 check.status, check.step, check.key = "mismatch", step.step, key
-                check.lines.append(f"first difference beyond tolerance: step {step.step}, {key} "
-                                   f"({fp.dtype}, shape {fp.shape})")
+                check.lines.append(
+                    f"first difference beyond tolerance: step {step.step}, {key} "
+                    f"({fp.dtype}, shape {fp.shape})"
+                )
                 check.lines.extend(violations)
                 return check
     return check
@@ -276,14 +306,18 @@ def _describe_delta(
                 worst = (index, diff, b, n, allowed)
         if worst is not None and (show_all or not worst[1] <= worst[4]):
             index, diff, b, n, allowed = worst
-            lines.append(f"    element {index}: baseline {b!r}, now {n!r} (|diff| {diff:.3g}, "
-                         f"allowed {allowed:.3g})")
+            lines.append(
+                f"    element {index}: baseline {b!r}, now {n!r} (|diff| {diff:.3g}, "
+                f"allowed {allowed:.3g})"
+            )
         return lines
     base_stats, now_stats = base.get("stats"), now.get("stats")
     if not base_stats or not now_stats:
         if show_all:
-            lines.append(f"    fingerprint {base['digest']} -> {now['digest']} (statistics are kept "
-                         f"for {STAT_STEPS} evenly spaced steps only)")
+            lines.append(
+                f"    fingerprint {base['digest']} -> {now['digest']} (statistics are kept "
+                f"for {STAT_STEPS} evenly spaced steps only)"
+            )
         return lines
     numel = math.prod(base["shape"]) or 1
     # A statistic's scale is the tensor's RMS: a mean near zero is not held to a tolerance
@@ -295,8 +329,10 @@ def _describe_delta(
         scale = abs(b) if name == "l2" else max(abs(b), rms)
         allowed = atol + rtol * scale
         if show_all or not diff <= allowed:
-            lines.append(f"    {name}: baseline {b:.9g}, now {n:.9g} (|diff| {diff:.3g}, "
-                         f"allowed {allowed:.3g})")
+            lines.append(
+                f"    {name}: baseline {b:.9g}, now {n:.9g} (|diff| {diff:.3g}, "
+                f"allowed {allowed:.3g})"
+            )
     return lines
 
 

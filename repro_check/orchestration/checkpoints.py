@@ -28,10 +28,14 @@ def save_last_step(root: Path, result: ReplicaResult, metadata: dict[str, Any]) 
         if entry.spill is not None
     }
     folder = checkpoint_folder(root, result.nodeid, result.replica)
-    return save_checkpoint(folder / f"step-{last.step}", tensors, {
-        "test_id": result.nodeid,
-        "replica": result.replica,
-        "step": last.step,
-        "environment": result.environment,
-        **metadata,
-    })
+    return save_checkpoint(
+        folder / f"step-{last.step}",
+        tensors,
+        {
+            "test_id": result.nodeid,
+            "replica": result.replica,
+            "step": last.step,
+            "environment": result.environment,
+            **metadata,
+        },
+    )

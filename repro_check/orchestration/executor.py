@@ -25,8 +25,12 @@ from typing import Any
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec
 
 #: Variables that would make a worker pytest do something else than its job.
-SCRUBBED_ENV = ("PYTEST_ADDOPTS", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT",
-                "PYTEST_CURRENT_TEST")
+SCRUBBED_ENV = (
+    "PYTEST_ADDOPTS",
+    "PYTEST_XDIST_WORKER",
+    "PYTEST_XDIST_WORKER_COUNT",
+    "PYTEST_CURRENT_TEST",
+)
 STDERR_TAIL_LINES = 30
 
 
@@ -78,7 +82,11 @@ class WorkerJob:
             return -signal.SIGTERM
         with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
             self.process = subprocess.Popen(
-                self.command, cwd=self.cwd, env=self.env, stdout=out, stderr=err,
+                self.command,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=out,
+                stderr=err,
                 stdin=subprocess.DEVNULL,
             )
             return self.process.wait()
@@ -180,7 +188,9 @@ class ReplicaPool:
         exc = future.exception()
         how = f"could not start ({exc})" if exc else describe_exit(future.result())
         return ReplicaResult(
-            nodeid, index, "crashed",
+            nodeid,
+            index,
+            "crashed",
             error=f"replica {index} process {how} before finishing this test "
             f"({job.spec.describe()}).\nLast lines of its output:\n{job.stderr_tail()}",
             run_id=run if run != str(index) else "",

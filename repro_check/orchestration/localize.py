@@ -18,24 +18,32 @@ def localize_from_reruns(
 
     failed = [r for r in reruns if r.outcome != "passed"]
     if failed:
-        return {"kind": "unavailable",
-                "message": f"the traced rerun failed: {failed[0].error.splitlines()[-1:]}"}
+        return {
+            "kind": "unavailable",
+            "message": f"the traced rerun failed: {failed[0].error.splitlines()[-1:]}",
+        }
     paths = [r.run_info.get("trace_path") for r in reruns]
     if not all(paths) or any(r.record is None for r in reruns):
-        return {"kind": "unavailable",
-                "message": f"step {step} was not reached in the traced rerun, so nothing was "
-                           f"traced: record every step with repro.record(step, ...)"}
+        return {
+            "kind": "unavailable",
+            "message": f"step {step} was not reached in the traced rerun, so nothing was "
+            f"traced: record every step with repro.record(step, ...)",
+        }
     first, second = reruns[0].record, reruns[1].record
     assert first is not None and second is not None
     rerun_cmp = compare_runs(first, second)
     note = ""
     if rerun_cmp.identical:
-        note = (f"the reruns did not diverge this time (the nondeterminism is intermittent); "
-                f"the traces of step {step} are compared anyway")
+        note = (
+            f"the reruns did not diverge this time (the nondeterminism is intermittent); "
+            f"the traces of step {step} are compared anyway"
+        )
     elif rerun_cmp.divergence is not None and rerun_cmp.divergence.step < step:
-        note = (f"in the traced reruns the replicas already parted at step "
-                f"{rerun_cmp.divergence.step}, before the traced window: the op named below may "
-                f"only inherit the difference; rerun to localise again")
+        note = (
+            f"in the traced reruns the replicas already parted at step "
+            f"{rerun_cmp.divergence.step}, before the traced window: the op named below may "
+            f"only inherit the difference; rerun to localise again"
+        )
     (events_a, truncated_a), (events_b, truncated_b) = (read_trace(p) for p in paths)
     labels = (f"replica {originals[0].index}", f"replica {originals[1].index}")
     diff = diff_traces(events_a, events_b, labels=labels)

@@ -62,16 +62,25 @@ class RunSpec:
     backend: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "perturbations": dict(self.perturbations),
-                "bitflip": self.bitflip, "label": self.label,
-                "trace": dict(self.trace) if self.trace else None,
-                "backend": dict(self.backend) if self.backend else None}
+        return {
+            "run_id": self.run_id,
+            "perturbations": dict(self.perturbations),
+            "bitflip": self.bitflip,
+            "label": self.label,
+            "trace": dict(self.trace) if self.trace else None,
+            "backend": dict(self.backend) if self.backend else None,
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RunSpec:
-        return cls(str(data["run_id"]), {str(k): int(v) for k, v in data["perturbations"].items()},
-                   data.get("bitflip"), data.get("label", ""), data.get("trace"),
-                   data.get("backend"))
+        return cls(
+            str(data["run_id"]),
+            {str(k): int(v) for k, v in data["perturbations"].items()},
+            data.get("bitflip"),
+            data.get("label", ""),
+            data.get("trace"),
+            data.get("backend"),
+        )
 
 
 @dataclass
@@ -107,8 +116,10 @@ class ReplicaResult:
             "sources_used": self.sources_used,
             "environment": self.environment,
             "run_id": self.run_id,
-            "metrics": {k: (v if v == v and abs(v) != float("inf") else repr(v))
-                        for k, v in self.metrics.items()},
+            "metrics": {
+                k: (v if v == v and abs(v) != float("inf") else repr(v))
+                for k, v in self.metrics.items()
+            },
             "predictions": self.predictions,
             "run_info": self.run_info,
         }
@@ -117,9 +128,16 @@ class ReplicaResult:
     def from_json(cls, data: Mapping[str, Any]) -> ReplicaResult:
         record = RunRecord.from_json(data["record"]) if data.get("record") else None
         return cls(
-            data["nodeid"], int(data["replica"]), data["outcome"], data.get("error", ""),
-            float(data.get("duration", 0.0)), record, list(data.get("sources_used", [])),
-            dict(data.get("environment", {})), str(data.get("run_id", "")),
+            data["nodeid"],
+            int(data["replica"]),
+            data["outcome"],
+            data.get("error", ""),
+            float(data.get("duration", 0.0)),
+            record,
+            list(data.get("sources_used", [])),
+            dict(data.get("environment", {})),
+            str(data.get("run_id", "")),
             {k: float(v) for k, v in data.get("metrics", {}).items()},
-            data.get("predictions"), dict(data.get("run_info", {})),
+            data.get("predictions"),
+            dict(data.get("run_info", {})),
         )

@@ -23,8 +23,12 @@ ALL = "all"
 BITFLIP = "bitflip"
 BACKEND = "backend"
 #: What a ``backend`` run changes instead of a seed, cycled over its K runs.
-BACKEND_VARIANTS = ({"threads": 1}, {"threads": 2}, {"deterministic": True},
-                    {"threads": 1, "deterministic": True})
+BACKEND_VARIANTS = (
+    {"threads": 1},
+    {"threads": 2},
+    {"deterministic": True},
+    {"threads": 1, "deterministic": True},
+)
 DEFAULT_SOURCES = ("init", "data", GLOBAL_SOURCE)
 STORE_NAME = "runs.jsonl"
 
@@ -82,7 +86,9 @@ class SweepStore:
         append_channel(self.path, row)
 
 
-def result_row(result: ReplicaResult, *, base_seed: int, root_seed: int, command: str) -> dict[str, Any]:
+def result_row(
+    result: ReplicaResult, *, base_seed: int, root_seed: int, command: str
+) -> dict[str, Any]:
     source, _, index = result.run_id.partition(":")
     metrics = result.metrics
     status = "ok"
@@ -102,8 +108,9 @@ def result_row(result: ReplicaResult, *, base_seed: int, root_seed: int, command
         "root_seed": root_seed,
         "perturbation": int(index) + 1 if index.isdigit() else 0,
         "command": command,
-        "error": result.error if status == "failed" else (
-            "" if metrics else "the test recorded no scalar metric (record(step, loss=...))"),
+        "error": result.error
+        if status == "failed"
+        else ("" if metrics else "the test recorded no scalar metric (record(step, loss=...))"),
         "metrics": {k: (v if math.isfinite(v) else repr(v)) for k, v in metrics.items()},
         "sources_used": result.sources_used,
         "predictions": result.predictions,
@@ -118,8 +125,20 @@ def runs_frame(rows: Iterable[dict[str, Any]]) -> Any:
 
     records = []
     for row in rows:
-        flat = {key: row[key] for key in ("test", "source", "k", "status", "root_seed",
-                                          "perturbation", "command", "error", "run_id")}
+        flat = {
+            key: row[key]
+            for key in (
+                "test",
+                "source",
+                "k",
+                "status",
+                "root_seed",
+                "perturbation",
+                "command",
+                "error",
+                "run_id",
+            )
+        }
         for name, value in row["metrics"].items():
             flat[name] = float(value)
         records.append(flat)
@@ -136,15 +155,17 @@ def prediction_agreement(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, 
     for row in rows:
         if row.get("predictions"):
             grouped.setdefault((row["test"], row["source"]), []).append(
-                np.asarray(row["predictions"], dtype=np.float64))
+                np.asarray(row["predictions"], dtype=np.float64)
+            )
     out: dict[str, dict[str, dict[str, float]]] = {}
     for (test, source), arrays in grouped.items():
         pairs = [(a, b) for a, b in itertools.combinations(arrays, 2) if a.shape == b.shape]
         if not pairs:
             continue
         disagreement = float(np.mean([np.mean(a != b) for a, b in pairs]))
-        correlations = [float(np.corrcoef(a, b)[0, 1]) for a, b in pairs
-                        if np.std(a) > 0 and np.std(b) > 0]
+        correlations = [
+            float(np.corrcoef(a, b)[0, 1]) for a, b in pairs if np.std(a) > 0 and np.std(b) > 0
+        ]
         out.setdefault(test, {})[source] = {
             "mean_disagreement": disagreement,
             "mean_correlation": float(np.mean(correlations)) if correlations else float("nan"),

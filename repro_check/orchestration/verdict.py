@@ -24,8 +24,9 @@ SINGLE = "single-run"
 ALLOWED = "allowed"  # diverged only through an op the test declares as known nondeterminism
 BASELINE_MISMATCH = "baseline-mismatch"
 BASELINE_MISSING = "baseline-missing"
-FAILING = frozenset({DIVERGED, STRUCTURAL, ERROR, NOT_RECORDED, BASELINE_MISMATCH,
-                     BASELINE_MISSING})
+FAILING = frozenset(
+    {DIVERGED, STRUCTURAL, ERROR, NOT_RECORDED, BASELINE_MISMATCH, BASELINE_MISSING}
+)
 
 
 @dataclass
@@ -85,9 +86,11 @@ class TestVerdict:
             "duration_s": round(self.duration, 4),
             "compared_replica": self.other_replica,
             "structural": comparison.structural.to_json()
-            if comparison and comparison.structural else None,
+            if comparison and comparison.structural
+            else None,
             "divergence": comparison.divergence.to_json()
-            if comparison and comparison.divergence else None,
+            if comparison and comparison.divergence
+            else None,
             "error": self.error,
             "diagnosis": self.diagnosis,
             "nonfinite": self.nonfinite,

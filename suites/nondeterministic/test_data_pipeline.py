@@ -31,8 +31,14 @@ def seed_from_pid(worker_id: int) -> None:
 @pytest.mark.repro(steps=6)
 def test_worker_seeded_from_pid(repro):
     dataset = NoisyBlobs(repro.generator("data"))
-    loader = DataLoader(dataset, batch_size=32, shuffle=True, num_workers=2,
-                        generator=repro.generator("shuffle"), worker_init_fn=seed_from_pid)
+    loader = DataLoader(
+        dataset,
+        batch_size=32,
+        shuffle=True,
+        num_workers=2,
+        generator=repro.generator("shuffle"),
+        worker_init_fn=seed_from_pid,
+    )
     with repro.seeded("init"):
         model = MLP()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
