@@ -75,7 +75,7 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 context_key = pytest.StashKey[RunContext]()
 run_key = pytest.StashKey["RunSpec"]()
 replica_key = pytest.StashKey[int]()
-reports_key = pytest.StashKey[list]()
+started_key = pytest.StashKey[float]()  # when the logged (last) in-process replica began
 
 
 class ReproFailure(AssertionError):
@@ -804,7 +804,7 @@ class ParentSession(_SessionBase):
             reports = runtestprotocol(item, log=False, nextitem=keep_parents)  # type: ignore[arg-type]
             results.append(self._inprocess_result(item, index, reports, started))
         item.stash[replica_key] = len(self.specs) - 1
-        item.stash[reports_key] = [time.perf_counter()]
+        item.stash[started_key] = time.perf_counter()
         return None  # the default protocol runs (and reports) the last replica
 
     def _inprocess_result(
@@ -839,7 +839,7 @@ class ParentSession(_SessionBase):
 
             error, result = traceback.format_exc(limit=-8), None
         if judged_here:
-            started = item.stash.get(reports_key, [time.perf_counter()])[0]
+            started = item.stash.get(started_key, time.perf_counter())
             results = self._inprocess_results.pop(item.nodeid, [])
             last_result = self._inprocess_result(item, last, [], started)
             if error:
