@@ -225,7 +225,9 @@ class SensitivitySession(ParentSession):
 
         try:
             info = self.session_info()
-            info.update({"k": self.k, "sources": self.sources})
+            for replica_only in ("runs", "mode", "replicas"):
+                info.pop(replica_only, None)
+            info.update({"k": self.k, "sources": self.sources, "jobs": self.options.jobs})
             self._report_paths = write_report(
                 self.analysis(),
                 self.folder,
