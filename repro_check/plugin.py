@@ -902,6 +902,10 @@ class ParentSession(_SessionBase):
         shown = os.path.relpath(path, self.config.invocation_params.dir)
         atol, rtol = self.tolerances(item)
         snapshot = reference.environment or runtime_snapshot()
+        if self.options.update and self._baseline_unchanged(path, reference.record, snapshot,
+                                                            verdict.seed):
+            verdict.baseline = {"path": shown, "action": "unchanged"}
+            return
         if self.options.update:
             bl.write_baseline(
                 path,
@@ -932,7 +936,8 @@ class ParentSession(_SessionBase):
                 atol, *(_tolerance_in(why, "atol", atol) for why in verdict.allowed.values())
             )
         check = bl.check_baseline(
-            document, reference.record, snapshot, atol, rtol, allowed_nondeterminism=allowance
+            document, reference.record, snapshot, atol, rtol, allowed_nondeterminism=allowance,
+            seed=verdict.seed,
         )
         verdict.baseline = {
             "path": shown,
@@ -942,6 +947,21 @@ class ParentSession(_SessionBase):
         }
         if check.failed:
             verdict.status = BASELINE_MISMATCH
+
+    @staticmethod
+    def _baseline_unchanged(path: Path, record: Any, snapshot: dict[str, Any], seed: int) -> bool:
+        """--repro-update leaves a baseline alone when it already matches bit for bit in the
+        same environment: accepting one change must not touch every file (syrupy does the same)."""
+        from repro_check.core.atomic import StoredFileError
+        from repro_check.orchestration import baseline as bl
+
+        if not path.exists():
+            return False
+        try:
+            check = bl.check_baseline(bl.load_baseline(path), record, snapshot, 0.0, 0.0, seed=seed)
+        except StoredFileError:
+            return False
+        return not check.failed and check.mode == "bitwise"
 
     def allowed_ops(self, item: pytest.Item) -> dict[str, str]:
         """Known nondeterminism, with its rationale: the ini's ``repro_allow`` lines
@@ -995,7 +1015,8 @@ class ParentSession(_SessionBase):
         )
 
     def accept_command(self, item: pytest.Item) -> str:
-        return f"pytest --repro --repro-update {shlex.quote(self._target(item))}"
+        parts = ["pytest", "--repro", "--repro-update", *self._case_options()]
+        return " ".join([*parts, shlex.quote(self._target(item))])
 
     def _saving_checkpoints(self, results: Any, seed: int) -> Any:
         from repro_check.orchestration.checkpoints import save_last_step
@@ -1147,21 +1168,22 @@ class ParentSession(_SessionBase):
         relative = os.path.relpath(self.config.rootpath / path, self.config.invocation_params.dir)
         return relative + ("::" + rest if rest else "")
 
-    def rerun_command(self, item: pytest.Item) -> str:
-        target = self._target(item)
-        parts = [
-            "pytest",
-            "--repro",
-            f"--repro-seed={self.base_seed}",
-            f"--repro-runs={self.options.runs}",
-        ]
+    def _case_options(self) -> list[str]:
+        """The options that decide what a case computes, and where its baseline lives."""
+        parts = [f"--repro-seed={self.base_seed}"]
         if self.options.deterministic:
             parts.append("--repro-deterministic")
         if self.config.getoption("repro_steps") is not None:
             parts.append(f"--repro-steps={self.config.getoption('repro_steps')}")
         if not self.subprocess:
             parts.append("--repro-mode=inprocess")
-        return " ".join(parts + [shlex.quote(target)])
+        if self.config.getoption("repro_baseline_dir"):
+            parts.append(f"--repro-baseline-dir={self.config.getoption('repro_baseline_dir')}")
+        return parts
+
+    def rerun_command(self, item: pytest.Item) -> str:
+        parts = ["pytest", "--repro", *self._case_options(), f"--repro-runs={self.options.runs}"]
+        return " ".join([*parts, shlex.quote(self._target(item))])
 
     # --- summary and reports
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -121,12 +121,14 @@ def _baseline_lines(head: str, verdict: TestVerdict) -> list[str]:
         "  " + line.strip() if not line.startswith("    ") else line for line in b.get("detail", [])
     ]
     differences = b.get("env_differences") or []
+    if b.get("seed_note"):
+        lines.append("  " + b["seed_note"])
     if differences:
         lines.append("  environment changes since the baseline (determinism-relevant):")
         lines += [f"    {d}" for d in differences[:12]]
         if len(differences) > 12:
             lines.append(f"    ... and {len(differences) - 12} more (repro-check env diff)")
-    else:
+    elif not b.get("seed_note"):
         lines.append(
             "  environment: unchanged in every determinism-relevant way, so the code or "
             "the data changed the numbers"

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
 from repro_check.core.atomic import StoredFileError, atomic_write_text, read_json
 from repro_check.core.record import Entry, RunRecord
 from repro_check.core.spill import read_spilled
@@ -33,13 +35,18 @@ STATS = ("mean", "std", "min", "max", "l2")
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-3
 BASELINE_DIRNAME = "repro_baselines"
+MAX_NAME = 120  # characters of the test name kept in a baseline's file name
 
 
 def baseline_path(rootpath: Path, nodeid: str, baseline_dir: str | None) -> Path:
     """``<test dir>/repro_baselines/<file stem>/<test name>.json``, or, with a configured
     folder, ``<folder>/<test path>/<test name>.json`` (both relative to the rootdir)."""
     file_part, _, name = nodeid.partition("::")
-    safe_name = re.sub(r"[^A-Za-z0-9_.=-]+", "_", name).strip("_") or "test"
+    safe_name = re.sub(r"[^A-Za-z0-9_.=\[\]-]+", "_", name).strip("_") or "test"
+    if safe_name != name or len(safe_name) > MAX_NAME:
+        # Cleaning can merge distinct ids (test[a b] and test[a_b]) and ids can be long: a hash
+        # of the exact id keeps every test's file its own.
+        safe_name = f"{safe_name[:MAX_NAME]}-{xxhash.xxh32_hexdigest(name.encode())}"
     test_file = Path(file_part)
     if baseline_dir:
         return rootpath / baseline_dir / test_file.parent / test_file.stem / f"{safe_name}.json"
@@ -140,16 +147,50 @@ def dump_baseline(document: dict[str, Any]) -> str:
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
+    """Read a baseline and check every entry, so a hand-edited file fails with its location."""
     document = read_json(path, schema=SCHEMA, max_version=SCHEMA_VERSION)
-    steps = document.get("steps")
-    if not isinstance(steps, list) or not all(
-        isinstance(s, dict) and isinstance(s.get("entries"), dict) and "step" in s for s in steps
-    ):
+    problem = _malformed(document)
+    if problem:
         raise StoredFileError(
-            f"{path}: the baseline's 'steps' are malformed (hand-edited?); regenerate it with "
-            f"--repro-update"
+            f"{path}: {problem} (hand-edited or damaged?); regenerate it with --repro-update"
         )
     return document
+
+
+def _malformed(document: dict[str, Any]) -> str:
+    if not isinstance(document.get("environment", {}), dict):
+        return "'environment' is not an object"
+    steps = document.get("steps")
+    if not isinstance(steps, list):
+        return "'steps' is not a list"
+    for position, step in enumerate(steps):
+        if (
+            not isinstance(step, dict)
+            or not isinstance(step.get("entries"), dict)
+            or not (isinstance(step.get("step"), int))
+        ):
+            return f"steps[{position}] is not a {{'step': int, 'entries': {{...}}}} object"
+        for key, entry in step["entries"].items():
+            where = f"step {step['step']}, {key}"
+            if not isinstance(entry, dict):
+                return f"{where}: the entry is not an object"
+            shape = entry.get("shape")
+            if not (
+                isinstance(entry.get("digest"), str)
+                and isinstance(entry.get("dtype"), str)
+                and isinstance(shape, list)
+                and all(isinstance(n, int) for n in shape)
+            ):
+                return f"{where}: needs 'digest' and 'dtype' strings and a 'shape' list of ints"
+            values = entry.get("values")
+            if values is not None and (
+                not isinstance(values, list) or len(values) != math.prod(shape)
+            ):
+                return f"{where}: 'values' must list {math.prod(shape)} numbers"
+            stats = entry.get("stats")
+            if stats is not None and (not isinstance(stats, dict) or set(stats) != set(STATS)):
+                return f"{where}: 'stats' must have exactly {', '.join(STATS)}"
+    return ""
 
 
 def write_baseline(path: Path, document: dict[str, Any]) -> None:
@@ -173,6 +214,7 @@ class BaselineCheck:
     mode: str  # "bitwise" | "tolerance"
     reason: str  # why this mode
     env_differences: list[str] = field(default_factory=list)
+    seed_note: str = ""  # set when the run's seed is not the baseline's
     step: int | None = None
     key: str | None = None
     lines: list[str] = field(default_factory=list)
@@ -186,6 +228,7 @@ class BaselineCheck:
             "status": self.status,
             "mode": self.mode,
             "reason": self.reason,
+            "seed_note": self.seed_note,
             "env_differences": self.env_differences,
             "step": self.step,
             "key": self.key,
@@ -211,6 +254,7 @@ def check_baseline(
     rtol: float,
     *,
     allowed_nondeterminism: str = "",
+    seed: int | None = None,
 ) -> BaselineCheck:
     relevant, _ = relevant_env_differences(baseline.get("environment", {}), snapshot)
     if allowed_nondeterminism:
@@ -230,6 +274,12 @@ def check_baseline(
         mode = "bitwise"
         reason = "the environment matches the baseline's in every determinism-relevant way"
     check = BaselineCheck("match", mode, reason, relevant)
+    if seed is not None and baseline.get("seed") not in (None, seed):
+        check.seed_note = (
+            f"the seed differs: the baseline was recorded with root seed {baseline.get('seed')} "
+            f"(--repro-seed={baseline.get('base_seed')}), this run uses {seed}; rerun with "
+            f"--repro-seed={baseline.get('base_seed')} to compare like with like"
+        )
     base_steps = baseline["steps"]
     now_steps = [s.step for s in record.steps]
     if [s["step"] for s in base_steps] != now_steps:
@@ -292,6 +342,11 @@ def _describe_delta(
 ) -> list[str]:
     """Lines describing how ``now`` differs from ``base``; only violations unless show_all."""
     lines = []
+    if "values" in base and "values" not in now and not show_all:
+        return [
+            "    cannot compare with tolerances: this run kept no raw values for it (the "
+            "spill budget was exhausted); raise --repro-spill-mb"
+        ]
     if "values" in base and "values" in now:
         worst = None
         for index, (b, n) in enumerate(zip(base["values"], now["values"], strict=True)):
@@ -312,6 +367,11 @@ def _describe_delta(
             )
         return lines
     base_stats, now_stats = base.get("stats"), now.get("stats")
+    if base_stats and not now_stats and not show_all:
+        return [
+            "    cannot compare with tolerances: this run kept no raw values for it (the "
+            "spill budget was exhausted); raise --repro-spill-mb"
+        ]
     if not base_stats or not now_stats:
         if show_all:
             lines.append(
