@@ -902,8 +902,9 @@ class ParentSession(_SessionBase):
         shown = os.path.relpath(path, self.config.invocation_params.dir)
         atol, rtol = self.tolerances(item)
         snapshot = reference.environment or runtime_snapshot()
-        if self.options.update and self._baseline_unchanged(path, reference.record, snapshot,
-                                                            verdict.seed):
+        if self.options.update and self._baseline_unchanged(
+            path, reference.record, snapshot, verdict.seed
+        ):
             verdict.baseline = {"path": shown, "action": "unchanged"}
             return
         if self.options.update:
@@ -936,7 +937,12 @@ class ParentSession(_SessionBase):
                 atol, *(_tolerance_in(why, "atol", atol) for why in verdict.allowed.values())
             )
         check = bl.check_baseline(
-            document, reference.record, snapshot, atol, rtol, allowed_nondeterminism=allowance,
+            document,
+            reference.record,
+            snapshot,
+            atol,
+            rtol,
+            allowed_nondeterminism=allowance,
             seed=verdict.seed,
         )
         verdict.baseline = {
@@ -1066,8 +1072,16 @@ class ParentSession(_SessionBase):
                 )
             if not localize:
                 return
-            verdict.localization = localize_from_reruns(reruns, step, originals)
-            verdict.localization["attempts"] = attempt + 1
+            found = localize_from_reruns(
+                reruns, step, originals, window_start(steps, step, attempt)
+            )
+            found["attempts"] = attempt + 1
+            if found.get("kind") != "identical" or verdict.localization.get("kind") in (
+                None,
+                "identical",
+                "unavailable",
+            ):  # a later attempt that saw nothing never replaces one that named the culprit
+                verdict.localization = found
             parted = _rerun_divergence_step(reruns)
             if parted is None or parted == step:
                 if parted == step or attempt == LOCALIZE_ATTEMPTS - 1:
@@ -1086,11 +1100,7 @@ class ParentSession(_SessionBase):
     ) -> list[ReplicaResult]:
         from concurrent.futures import ThreadPoolExecutor
 
-        position = steps.index(step) if step in steps else 0
-        # First attempt: only the divergent step. Retries trace from the start, because an
-        # intermittent divergence may part earlier in the rerun than in the original run.
-        start_after = steps[position - 1] if position and attempt == 0 else None
-        window = {"start_after": start_after, "stop_at": step}
+        window = {"start_after": window_start(steps, step, attempt), "stop_at": step}
         folder = self.tmpdir / f"investigate-{_slug(item.nodeid)}-{attempt}"
         specs, jobs = [], []
         for index, original in enumerate(originals[: 2 if localize else 1]):
@@ -1315,6 +1325,16 @@ class ParentSession(_SessionBase):
         if call.excinfo is not None and isinstance(call.excinfo.value, ReproFailure):
             report.longrepr = str(call.excinfo.value)
         return report
+
+
+def window_start(steps: list[int], step: int, attempt: int) -> int | None:
+    """The recorded step after which tracing starts (None: from the start of the test).
+
+    The first attempt traces only the divergent step; retries trace from the start, because an
+    intermittent divergence may part earlier in a rerun than in the original run.
+    """
+    position = steps.index(step) if step in steps else 0
+    return steps[position - 1] if position and attempt == 0 else None
 
 
 def _rerun_divergence_step(reruns: list[ReplicaResult]) -> int | None:

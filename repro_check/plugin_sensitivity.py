@@ -57,11 +57,13 @@ class SensitivitySession(ParentSession):
                 f"in 0..{self.k - 1} and SOURCE in {', '.join([*self.sources, 'all'])}"
             )
         folder = (options.report_dir or Path(config.rootpath, "reports")) / "sensitivity"
+        if self.only:  # one run, replayed for real, reported apart from the sweep it came from
+            folder = folder / f"only-{self.only.replace(':', '-')}"
         self.folder = folder
         self.store = SweepStore(folder / STORE_NAME, self.base_seed)
         self.rows: list[dict[str, Any]] = []
         self.resumed = 0
-        self._done = self.store.completed()
+        self._done = {} if self.only else self.store.completed()
         self._dask: tuple[Any, Any] | None = None
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:

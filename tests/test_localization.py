@@ -489,31 +489,12 @@ def test_a_retry_window_from_step_0_finds_where_the_reruns_part(tmp_path):
     assert "parted at step 0" in loc["note"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: repro_check/orchestration/localize.py localize_from_reruns says the reruns "
-        "'already parted at step N, before the traced window' whenever N < step, but it is not "
-        "told where the window began: retries trace from step 0 (plugin.py _traced_reruns), so "
-        "the traced difference IS at step N, the note is false and 'traced step' is the "
-        "window's end"
-    ),
-)
 def test_retry_note_does_not_claim_a_traced_step_was_untraced(tmp_path):
     loc = localise_retry(tmp_path, parts_at=0, stop_at=2)
     assert "before the traced window" not in loc.get("note", ""), loc
     assert loc["step"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: repro_check/orchestration/localize.py adds no note when the traced reruns part "
-        "only after the window (rerun divergence step > step), and plugin.py _investigate keeps "
-        "that last attempt's result: a diverged test reads 'localisation (identical ...)' "
-        "with no explanation (seen on the planted index_copy_ suite)"
-    ),
-)
 def test_reruns_parting_after_the_window_are_explained(tmp_path):
     loc = localise_retry(tmp_path, parts_at=2, stop_at=0)
     assert loc["kind"] == "identical"  # steps 0-0 agree: nothing to name in the window

@@ -226,7 +226,7 @@ def sweeps(tmp_path_factory) -> dict[str, Sweep]:
     second = {
         "resumed": (start(tiny, [*SWEEP, main_option, *one_worker]), main_folder),
         "partial": (start(tiny, [*SWEEP, partial_option, *one_worker]), partial_folder),
-        "only": (start(tiny, command[1:]), tiny / "reports" / "sensitivity"),
+        "only": (start(tiny, command[1:]), tiny / "reports" / "sensitivity" / "only-init-1"),
         "same_folder": (start(tiny, [*command[1:], same_option]), same_folder),
     }
     done.update(finish(second))
@@ -310,29 +310,12 @@ def test_a_printed_run_command_reproduces_its_metrics_bit_for_bit(sweeps):
     assert rerun["predictions"] == original["predictions"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: repro_check/plugin_sensitivity.py SensitivitySession: with --repro-only-run the "
-        "session still writes the report into the sweep's folder (pytest_sessionfinish -> "
-        "write_report), so the printed per-run command, run where the sweep ran (default "
-        "reports/), replaces the sweep's runs.csv/sensitivity.md/json with a 1-run report"
-    ),
-)
 def test_a_printed_run_command_leaves_the_sweep_report_alone(sweeps):
     same = sweeps["same_folder"]
     assert same.ret == pytest.ExitCode.OK, same.output
     assert len(same.csv()) == 12
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: repro_check/plugin_sensitivity.py SensitivitySession.__init__ resumes "
-        "--repro-only-run from runs.jsonl (self._done), so the printed per-run command, run "
-        "where the sweep ran, reports the stored result ('1 resumed') instead of rerunning"
-    ),
-)
 def test_a_printed_run_command_reruns_even_where_the_sweep_ran(sweeps):
     assert "1 runs (0 resumed" in sweeps["same_folder"].output
 

@@ -10,7 +10,10 @@ from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec
 
 
 def localize_from_reruns(
-    reruns: list[ReplicaResult], step: int, originals: list[ReplicaSpec]
+    reruns: list[ReplicaResult],
+    step: int,
+    originals: list[ReplicaSpec],
+    start_after: int | None = None,
 ) -> dict[str, Any]:
     """Diff the traces of two reruns; explain when the reruns cannot be compared."""
     from repro_check.core.optrace import diff_traces
@@ -32,17 +35,28 @@ def localize_from_reruns(
     first, second = reruns[0].record, reruns[1].record
     assert first is not None and second is not None
     rerun_cmp = compare_runs(first, second)
+    parted = rerun_cmp.divergence.step if rerun_cmp.divergence is not None else None
+    window = "the whole run up to" if start_after is None else f"steps after {start_after} up to"
     note = ""
     if rerun_cmp.identical:
         note = (
             f"the reruns did not diverge this time (the nondeterminism is intermittent); "
-            f"the traces of step {step} are compared anyway"
+            f"the traces of {window} step {step} are compared anyway"
         )
-    elif rerun_cmp.divergence is not None and rerun_cmp.divergence.step < step:
+    elif parted is not None and start_after is not None and parted <= start_after:
         note = (
-            f"in the traced reruns the replicas already parted at step "
-            f"{rerun_cmp.divergence.step}, before the traced window: the op named below may "
-            f"only inherit the difference; rerun to localise again"
+            f"in the traced reruns the replicas already parted at step {parted}, before the "
+            f"traced window: the op named below may only inherit the difference"
+        )
+    elif parted is not None and start_after is None and parted < step:
+        note = (
+            f"in the traced reruns the replicas parted at step {parted}, earlier than in the "
+            f"first run; the trace covers the whole run, so the finding below is where they part"
+        )
+    elif parted is not None and parted > step:
+        note = (
+            f"in the traced reruns the replicas agreed up to step {step} and parted only at "
+            f"step {parted}, after the traced window"
         )
     (events_a, truncated_a), (events_b, truncated_b) = (read_trace(p) for p in paths)
     labels = (f"replica {originals[0].index}", f"replica {originals[1].index}")
@@ -50,7 +64,7 @@ def localize_from_reruns(
     event = diff.event_a or diff.event_b
     result: dict[str, Any] = {
         "kind": diff.kind,
-        "step": step,
+        "step": parted if parted is not None and start_after is None and parted < step else step,
         "message": diff.message,
         "op": event.qualname if event is not None else None,
         "source": event.source if event is not None else None,
