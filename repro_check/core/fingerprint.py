@@ -7,7 +7,9 @@ fingerprinting every recorded tensor costs about as much as one copy of it (DESI
 
 from __future__ import annotations
 
+import functools
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,6 +49,7 @@ class Fingerprint:
         return cls(str(digest), str(dtype), tuple(int(s) for s in shape), int(nan), int(inf))
 
 
+@functools.lru_cache(maxsize=64)
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -121,12 +124,28 @@ def fingerprint_with_bytes(
 ) -> tuple[Fingerprint, np.ndarray]:
     """The fingerprint and the raw bytes it was computed from (to spill without a second pass)."""
     data = raw_bytes(tensor)
-    nan, inf = nonfinite_counts(tensor) if count_nonfinite else (0, 0)
+    if count_nonfinite and data.nbytes >= OVERLAP_BYTES:
+        # Large tensors: the NaN/inf check (torch releases the GIL) runs beside the hash.
+        pending = _background().submit(nonfinite_counts, tensor)
+        digest = fingerprint_bytes(data)
+        nan, inf = pending.result()
+    else:
+        digest = fingerprint_bytes(data)
+        nan, inf = nonfinite_counts(tensor) if count_nonfinite else (0, 0)
     fingerprint = Fingerprint(
-        digest=fingerprint_bytes(data),
+        digest=digest,
         dtype=dtype_name(tensor.dtype),
         shape=tuple(tensor.shape),
         nan=nan,
         inf=inf,
     )
     return fingerprint, data
+
+
+#: Above this size the NaN/inf check overlaps the hash (below, a thread hop costs more).
+OVERLAP_BYTES = 4 * 2**20
+
+
+@functools.lru_cache(maxsize=1)
+def _background() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="repro-nonfinite")
