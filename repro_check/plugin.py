@@ -873,7 +873,9 @@ class ParentSession(_SessionBase):
         verdict.rerun_command = self.rerun_command(item)
         verdict.accept_command = self.accept_command(item)
         verdict.allowed = self.allowed_ops(item)
-        if verdict.status == DIVERGED and self.subprocess:
+        if verdict.status == DIVERGED and (self.subprocess or verdict.allowed):
+            # In-process replicas are investigated too when an allowance must be checked:
+            # the reruns are fresh processes either way.
             self._investigate(item, verdict)
         if verdict.status == DIVERGED and verdict.allowed:
             self._apply_allowance(verdict)
@@ -1066,7 +1068,12 @@ class ParentSession(_SessionBase):
         for attempt in range(LOCALIZE_ATTEMPTS if localize else 1):
             reruns = self._traced_reruns(item, originals, steps, step, localize, attempt)
             control = reruns[0]
-            if attempt == 0 and control.outcome == "passed" and control.record is not None:
+            if (  # the control only speaks for replicas that ran in processes of their own
+                attempt == 0
+                and self.subprocess
+                and control.outcome == "passed"
+                and control.record is not None
+            ):
                 verdict.diagnosis = self._process_state_finding(
                     compare_runs(reference, control.record).identical
                 )
