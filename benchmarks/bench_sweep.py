@@ -1,8 +1,10 @@
 """Sensitivity sweep execution: parallel speed-up and memory flat in K.
 
-K=8 runs per source (init + all: 16 runs) of the reference sensitivity suite, once with one
-worker process (serial) and once with two (this machine's cores). Goal:
-``sweep_parallel_vs_serial_ratio <= 0.6``. Then the parent's peak memory for K=4 and K=16,
+K=8 runs per source (init + all: 16 runs) of the reference sensitivity suite, trained for
+1000 steps so that a run costs over a second (the reference 80 steps take ~0.2 s, and
+then process start-up, not the runs, is what a sweep waits for), once with one worker process
+(serial) and once with two (this machine's cores). Goal: ``sweep_parallel_vs_serial_ratio <=
+0.6``. Then the parent's peak memory for K=4 and K=16,
 which must not grow with K. Prints ``name=value`` lines.
 
     python benchmarks/bench_sweep.py
@@ -28,6 +30,9 @@ print("PEAK" + json.dumps({"kb": resource.getrusage(resource.RUSAGE_SELF).ru_max
 """
 
 
+STEPS = 1000
+
+
 def sweep(k: int, jobs: int) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as report:
         args = [
@@ -36,6 +41,7 @@ def sweep(k: int, jobs: int) -> tuple[float, int]:
             PROBE,
             TEST,
             "--repro-sensitivity",
+            f"--repro-steps={STEPS}",
             f"--repro-seeds={k}",
             "--repro-sources=init",
             f"--repro-jobs={jobs}",
@@ -57,6 +63,7 @@ def main() -> None:
     serial, _ = sweep(8, 1)
     parallel, _ = sweep(8, 2)
     print(f"sweep_runs={2 * 8}")
+    print(f"sweep_steps_per_run={STEPS}")
     print(f"sweep_serial_s={serial:.2f}")
     print(f"sweep_parallel_s={parallel:.2f}")
     print(f"sweep_parallel_vs_serial_ratio={parallel / serial:.2f}")

@@ -236,6 +236,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Dask scheduler address for --repro-executor=dask",
     )
     group.addoption(
+        "--repro-sweep-threads",
+        type=int,
+        default=1,
+        metavar="N",
+        help="torch threads per sweep run (default 1: parallel workers do not oversubscribe "
+        "the cores, and results do not depend on --repro-jobs)",
+    )
+    group.addoption(
         "--repro-only-run",
         default=None,
         metavar="SOURCE:K",

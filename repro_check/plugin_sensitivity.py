@@ -50,6 +50,7 @@ class SensitivitySession(ParentSession):
             [s.strip() for s in names.split(",") if s.strip()] if names else list(DEFAULT_SOURCES)
         )
         self.only = config.getoption("repro_only_run")
+        self.threads = int(config.getoption("repro_sweep_threads"))
         self.runs = plan_runs(self.sources, self.k, self.only)
         if not self.runs:
             raise pytest.UsageError(
@@ -89,7 +90,9 @@ class SensitivitySession(ParentSession):
         jobs = []
         run_jobs = {}
         for index, bucket in enumerate(buckets):
-            spec = ReplicaSpec(index, label=f"sweep worker {index}")
+            # One torch thread per worker, whatever --repro-jobs is: workers then do not fight
+            # over cores, and a run's numbers do not depend on how many ran beside it.
+            spec = ReplicaSpec(index, num_threads=self.threads, label=f"sweep worker {index}")
             jobs.append(
                 self._worker_job(
                     nodeids, spec, f"sweep-{index}", runs=bucket, skip=skip, metrics_only=True
@@ -131,6 +134,7 @@ class SensitivitySession(ParentSession):
                 "--repro-sensitivity",
                 f"--repro-seed={self.base_seed}",
                 f"--repro-seeds={self.k}",
+                f"--repro-sweep-threads={self.threads}",
                 f"--repro-sources={','.join(self.sources)}",
                 f"--repro-only-run={run.run_id}",
                 *(
