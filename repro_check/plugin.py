@@ -11,6 +11,7 @@ Options live under one prefix (``--repro-*`` on the command line, ``repro_*`` in
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shlex
@@ -70,6 +71,7 @@ CACHE_KEY = "repro/base_seed"
 UNLIMITED_SPILL = 2**62  # checkpoints need every tensor of the last step
 LOCALIZE_AUTO_S = 30.0  # auto-localise when one replica of the test took less than this
 LOCALIZE_ATTEMPTS = 3
+WHOLE_RUN = 2**62  # a trace window that closes only when the test ends
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 context_key = pytest.StashKey[RunContext]()
@@ -427,6 +429,21 @@ def _maybe_deterministic(enabled: bool) -> Any:
     return enable_deterministic_mode()
 
 
+def allowed_ops(item: pytest.Item) -> dict[str, str]:
+    """Known nondeterminism, with its rationale: the ini's ``repro_allow`` lines
+    (``aten::op: why; atol=1e-5``), then the marker's ``allow={op: why}``."""
+    allowed = {}
+    for line in item.config.getini("repro_allow"):
+        op, _, why = str(line).partition(":")
+        if op.strip() == "aten" and why:  # "aten::op: why" splits at the first colon
+            op, _, why = why.lstrip(":").partition(":")
+            op = "aten::" + op
+        allowed[op.strip()] = why.strip()
+    marker = item.get_closest_marker(MARKER)
+    allowed.update((marker.kwargs.get("allow") or {}) if marker else {})
+    return allowed
+
+
 def is_repro_item(item: pytest.Item) -> bool:
     return item.get_closest_marker(MARKER) is not None
 
@@ -547,7 +564,18 @@ class WorkerSession(_SessionBase):
         return item.stash[run_key].bitflip
 
     def trace(self, item: pytest.Item) -> Any:
-        return item.stash[run_key].trace
+        """The run's own trace window, else -- for a replica of a test that allows known
+        nondeterminism, which is expected to diverge -- the whole run: the parent can then
+        name the op from these traces without rerunning anything."""
+        trace = item.stash[run_key].trace
+        if trace or self.metrics_only or not allowed_ops(item):
+            return trace
+        name = hashlib.sha1(item.nodeid.encode()).hexdigest()[:12]
+        return {
+            "start_after": None,
+            "stop_at": WHOLE_RUN,
+            "path": str(Path(self.channel).parent / f"trace-{name}.jsonl"),
+        }
 
     def replica_index(self, item: pytest.Item) -> int:
         return self.spec.index
@@ -880,8 +908,14 @@ class ParentSession(_SessionBase):
         verdict = judge(item.nodeid, plan_root, self.base_seed, self.specs, results)
         verdict.rerun_command = self.rerun_command(item)
         verdict.accept_command = self.accept_command(item)
-        verdict.allowed = self.allowed_ops(item)
-        if verdict.status == DIVERGED and (self.subprocess or verdict.allowed):
+        verdict.allowed = allowed_ops(item)
+        if verdict.status == DIVERGED and verdict.allowed:
+            self._localize_from_replicas(verdict)
+        if (
+            verdict.status == DIVERGED
+            and (self.subprocess or verdict.allowed)
+            and not (verdict.localization)
+        ):
             # In-process replicas are investigated too when an allowance must be checked:
             # the reruns are fresh processes either way.
             self._investigate(item, verdict)
@@ -979,19 +1013,19 @@ class ParentSession(_SessionBase):
             return False
         return not check.failed and check.mode == "bitwise"
 
-    def allowed_ops(self, item: pytest.Item) -> dict[str, str]:
-        """Known nondeterminism, with its rationale: the ini's ``repro_allow`` lines
-        (``aten::op: why; atol=1e-5``), then the marker's ``allow={op: why}``."""
-        allowed = {}
-        for line in self.config.getini("repro_allow"):
-            op, _, why = str(line).partition(":")
-            if op.strip() == "aten" and why:  # "aten::op: why" splits at the first colon
-                op, _, why = why.lstrip(":").partition(":")
-                op = "aten::" + op
-            allowed[op.strip()] = why.strip()
-        marker = item.get_closest_marker(MARKER)
-        allowed.update((marker.kwargs.get("allow") or {}) if marker else {})
-        return allowed
+    def _localize_from_replicas(self, verdict: TestVerdict) -> None:
+        """Tests with allowances trace their replicas whole: diff those traces directly."""
+        pair = [verdict.reference, verdict.other]
+        divergence = verdict.comparison.divergence if verdict.comparison else None
+        if (
+            divergence is None
+            or any(r is None or not r.run_info.get("trace_path") for r in pair)
+            or verdict.other_replica is None
+        ):
+            return
+        originals = [self.specs[0], self.specs[verdict.other_replica]]
+        verdict.localization = localize_from_reruns(pair, divergence.step, originals)  # type: ignore[arg-type]
+        verdict.localization["from"] = "the replicas' own traces"
 
     def _apply_allowance(self, verdict: TestVerdict) -> None:
         """Pass a divergence localised to an allowed op when the replicas agree within the
