@@ -127,7 +127,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="replica processes run at once (default: one per replica, at most the CPU count)",
+        help="replica processes run at once (default: as many as the cores allow given each "
+        "replica's torch threads; sweeps: one per core)",
     )
     group.addoption(
         "--repro-report",
@@ -317,11 +318,7 @@ class Options:
                     f"--repro-seed={seed_text!r}: expected an integer, 'last' or 'random'"
                 ) from None
         jobs_opt = config.getoption("repro_jobs")
-        jobs = (
-            _positive_int(str(jobs_opt), "--repro-jobs")
-            if jobs_opt
-            else min(runs, os.cpu_count() or 1)
-        )
+        jobs = _positive_int(str(jobs_opt), "--repro-jobs") if jobs_opt else default_jobs(runs)
         report = pick("report")
         mode = pick("mode")
         if mode not in ("subprocess", "inprocess"):
@@ -346,6 +343,22 @@ class Options:
             atol=_non_negative_float(pick("atol"), "repro_atol"),
             rtol=_non_negative_float(pick("rtol"), "repro_rtol"),
         )
+
+
+def default_jobs(runs: int) -> int:
+    """Replica processes at once: as many as the cores allow *given the threads each uses*.
+
+    torch uses every core by default; two such replicas side by side oversubscribe the CPU, and
+    OpenMP's spinning threads then make both several times slower than running them in turn.
+    Replicas must keep the user's thread count (it changes the numbers), so they share cores
+    only when OMP_NUM_THREADS leaves room.
+    """
+    cores = os.cpu_count() or 1
+    try:
+        threads = int(os.environ.get("OMP_NUM_THREADS", "") or cores)
+    except ValueError:
+        threads = cores
+    return max(1, min(runs, cores // max(1, threads)))
 
 
 def _choice(text: str, choices: tuple[str, ...], name: str) -> str:

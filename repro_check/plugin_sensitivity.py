@@ -9,6 +9,7 @@ interrupted sweep resumes, and the analysis (repro_check.sensitivity_report) wri
 
 from __future__ import annotations
 
+import os
 import shlex
 from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
@@ -51,6 +52,8 @@ class SensitivitySession(ParentSession):
         )
         self.only = config.getoption("repro_only_run")
         self.threads = int(config.getoption("repro_sweep_threads"))
+        # Sweep workers use --repro-sweep-threads each (1): one worker per core fits.
+        self.jobs = int(config.getoption("repro_jobs") or os.cpu_count() or 1)
         self.runs = plan_runs(self.sources, self.k, self.only)
         if not self.runs:
             raise pytest.UsageError(
@@ -70,7 +73,7 @@ class SensitivitySession(ParentSession):
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         return [
             f"repro-check sensitivity: base seed {self.base_seed}; {self.k} runs x "
-            f"{', '.join(dict.fromkeys([*self.sources, 'all']))}; {self.options.jobs} at once; "
+            f"{', '.join(dict.fromkeys([*self.sources, 'all']))}; {self.jobs} at once; "
             f"results in {self.store.path}"
         ]
 
@@ -86,7 +89,7 @@ class SensitivitySession(ParentSession):
             for run in self.runs
             if (nodeid, run.run_id) in self._done
         ]
-        buckets = split_round_robin(self.runs, self.options.jobs)
+        buckets = split_round_robin(self.runs, self.jobs)
         jobs = []
         run_jobs = {}
         for index, bucket in enumerate(buckets):
@@ -233,7 +236,7 @@ class SensitivitySession(ParentSession):
             info = self.session_info()
             for replica_only in ("runs", "mode", "replicas"):
                 info.pop(replica_only, None)
-            info.update({"k": self.k, "sources": self.sources, "jobs": self.options.jobs})
+            info.update({"k": self.k, "sources": self.sources, "jobs": self.jobs})
             self._report_paths = write_report(
                 self.analysis(),
                 self.folder,
