@@ -1254,7 +1254,8 @@ class ParentSession(_SessionBase):
         return parts
 
     def rerun_command(self, item: pytest.Item) -> str:
-        parts = ["pytest", "--repro", *self._case_options(), f"--repro-runs={self.options.runs}"]
+        seed, *others = self._case_options()
+        parts = ["pytest", "--repro", seed, f"--repro-runs={self.options.runs}", *others]
         return " ".join([*parts, shlex.quote(self._target(item))])
 
     # --- summary and reports

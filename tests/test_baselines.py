@@ -755,7 +755,7 @@ NAME_TESTS = (
     HEAD
     + """
 
-@pytest.mark.parametrize("name", ["a b", "a_b", "x" * 300])
+@pytest.mark.parametrize("name", ["a b", "a_b", pytest.param("x" * 300, id="x" * 300)])
 @pytest.mark.repro(steps=1)
 def test_param(repro, name):
     train(repro)
