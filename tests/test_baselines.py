@@ -11,7 +11,6 @@ default subprocess mode, as CI would.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -22,28 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pytest_runs import clean_env, failure_section
 
 from repro_check.core.seeding import root_seed_for_test
 
-DROPPED_ENV = (
-    "PYTEST_ADDOPTS",
-    "PYTEST_XDIST_WORKER",
-    "PYTEST_XDIST_WORKER_COUNT",
-    "PYTEST_CURRENT_TEST",
-    "PYTEST_PLUGINS",
-    "GITHUB_STEP_SUMMARY",
-    "PYTEST_DISABLE_PLUGIN_AUTOLOAD",
-)
 SCHEMA = "repro-check/baseline"
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
-    env.update(extra)
-    return env
 
 
 @dataclass
@@ -63,17 +48,7 @@ class Session:
         return pytest.RunResult.parse_summary_nouns(self.lines)
 
     def failure(self, test: str) -> str:
-        """The text of one test's entry in the FAILURES section."""
-        header = re.compile(r"_{3,} " + re.escape(test) + r" _{3,}")
-        section_end = re.compile(r"(_{3,} \S+ _{3,}|={3,} .* ={3,}|-{3,} .* -{3,})")
-        lines = self.lines
-        start = next((i for i, line in enumerate(lines) if header.fullmatch(line)), None)
-        assert start is not None, f"no failure section for {test}:\n{self.output}"
-        end = next(
-            (j for j in range(start + 1, len(lines)) if section_end.fullmatch(lines[j])),
-            len(lines),
-        )
-        return "\n".join(lines[start + 1 : end])
+        return failure_section(self.output, test)
 
     def last_command(self, test: str) -> str:
         return self.failure(test).strip().splitlines()[-1].strip()
@@ -402,8 +377,10 @@ def env_story(tmp_path_factory) -> EnvStory:
 
 def is_accept_command(command: str, target: str) -> bool:
     """The printed accept command: --repro-update plus the options that decide the case."""
-    pattern = (r"pytest --repro --repro-update --repro-seed=0( --repro-mode=inprocess)?"
-               r"( --repro-baseline-dir=\S+)? " + re.escape(target))
+    pattern = (
+        r"pytest --repro --repro-update --repro-seed=0( --repro-mode=inprocess)?"
+        r"( --repro-baseline-dir=\S+)? " + re.escape(target)
+    )
     return re.fullmatch(pattern, command) is not None
 
 

@@ -109,8 +109,13 @@ def test_diff_tensors_reports_presence_dtype_shape_and_elements():
 
 
 def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "repro_check.cli", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "repro_check.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_checkpoint_cli_verify_and_diff_exit_codes(tmp_path):

@@ -12,7 +12,7 @@ pytest.importorskip("distributed")
 
 ROOT = Path(__file__).resolve().parent.parent
 
-SWEEP_TEST = '''
+SWEEP_TEST = """
 import pytest, torch
 
 @pytest.mark.repro(steps=3)
@@ -27,17 +27,31 @@ def test_tiny(repro):
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(); loss.backward(); opt.step()
         repro.record(step, model=model, loss=loss)
-'''
+"""
 
 
 def sweep(tmp_path: Path, executor: str) -> list[dict]:
     (tmp_path / "test_tiny.py").write_text(SWEEP_TEST)
     report = tmp_path / f"report-{executor}"
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "test_tiny.py", "--repro-sensitivity", "--repro-seeds=2",
-         "--repro-sources=init", f"--repro-executor={executor}", f"--repro-report={report}",
-         "-p", "no:cacheprovider", "-q"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "test_tiny.py",
+            "--repro-sensitivity",
+            "--repro-seeds=2",
+            "--repro-sources=init",
+            f"--repro-executor={executor}",
+            f"--repro-report={report}",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     lines = (report / "sensitivity" / "runs.jsonl").read_text().splitlines()

@@ -7,27 +7,16 @@ processes) from the repository root, exactly as a user runs them.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pytest_runs import Finished, clean_env
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANTED = ROOT / "suites" / "nondeterministic"
-DROPPED_ENV = (
-    "PYTEST_ADDOPTS",
-    "PYTEST_XDIST_WORKER",
-    "PYTEST_XDIST_WORKER_COUNT",
-    "PYTEST_CURRENT_TEST",
-    "PYTEST_PLUGINS",
-    "GITHUB_STEP_SUMMARY",
-    "PYTEST_DISABLE_PLUGIN_AUTOLOAD",
-)
 
 UNSEEDED = "suites/nondeterministic/test_unseeded_numpy.py::test_unseeded_numpy_data"
 INDEX_PUT = "suites/nondeterministic/test_index_put_accumulate.py::test_index_put_accumulate"
@@ -57,34 +46,10 @@ def epoch_steps() -> int:
     return int(re.search(r"^EPOCH_STEPS = (\d+)", source, re.MULTILINE).group(1))
 
 
-@dataclass
-class Finished:
-    ret: int
-    output: str
-    report_dir: Path | None = None
-
-    def report(self) -> dict:
-        assert self.report_dir is not None
-        return json.loads((self.report_dir / "report.json").read_text())
-
-    def tests(self) -> dict[str, dict]:
-        return {test["nodeid"]: test for test in self.report()["tests"]}
-
-    def failure(self, test: str) -> str:
-        lines = self.output.splitlines()
-        header = re.compile(r"_{3,} " + re.escape(test) + r" _{3,}")
-        end = re.compile(r"(_{3,} \S+ _{3,}|={3,} .* ={3,})")
-        start = next(i for i, line in enumerate(lines) if header.fullmatch(line))
-        stop = next(
-            (j for j in range(start + 1, len(lines)) if end.fullmatch(lines[j])), len(lines)
-        )
-        return "\n".join(lines[start + 1 : stop])
-
-
 @pytest.fixture(scope="module")
 def sessions(tmp_path_factory) -> dict[str, Finished]:
     reports = tmp_path_factory.mktemp("suite-reports")
-    env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
+    env = clean_env()
     common = ["-p", "no:cacheprovider", "-p", "no:randomly"]
     commands = {
         "planted": ["--repro", *PLANTED_FILES, *common, f"--repro-report={reports / 'planted'}"],

@@ -11,7 +11,6 @@ that hold torch state in one process crashes the interpreter during garbage coll
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -22,20 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pytest_runs import clean_env, failure_section
 
 from repro_check.core.seeding import root_seed_for_test
 
 #: Every --repro run here compares replicas only; committed baselines are another feature.
 NO_BASELINE = "--repro-baseline=off"
-DROPPED_ENV = (
-    "PYTEST_ADDOPTS",
-    "PYTEST_XDIST_WORKER",
-    "PYTEST_XDIST_WORKER_COUNT",
-    "PYTEST_CURRENT_TEST",
-    "PYTEST_PLUGINS",
-    "GITHUB_STEP_SUMMARY",
-    "PYTEST_DISABLE_PLUGIN_AUTOLOAD",
-)
 
 TRAINING_TESTS = """
 import os
@@ -165,10 +156,6 @@ SEED_NODEID = "test_seed.py::test_seed"
 # ----------------------------------------------------------------------------- helpers
 
 
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
-
-
 @dataclass
 class Session:
     """A finished ``python -m pytest`` run in a fresh process."""
@@ -185,16 +172,7 @@ class Session:
         return pytest.RunResult.parse_summary_nouns(self.lines)
 
     def failure(self, test: str) -> str:
-        """The text of one test's entry in the FAILURES section."""
-        header = re.compile(r"_{3,} " + re.escape(test) + r" _{3,}")
-        section_end = re.compile(r"(_{3,} \S+ _{3,}|={3,} .* ={3,})")
-        lines = self.lines
-        start = next(i for i, line in enumerate(lines) if header.fullmatch(line))
-        end = next(
-            (j for j in range(start + 1, len(lines)) if section_end.fullmatch(lines[j])),
-            len(lines),
-        )
-        return "\n".join(lines[start + 1 : end])
+        return failure_section(self.output, test)
 
     def summary_row(self, nodeid: str) -> str:
         summary = self.output.split("repro summary", 1)[1]

@@ -16,8 +16,9 @@ def train(plan: SeedPlan) -> object:
     context.seed_globals()
     generator = context.generator("data")
     with context.seeded("init"):
-        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Dropout(0.3),
-                                    torch.nn.Linear(8, 2))
+        model = torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.Dropout(0.3), torch.nn.Linear(8, 2)
+        )
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for step in range(context.steps):
         x = torch.randn(16, 4, generator=generator)

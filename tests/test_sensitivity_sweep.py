@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import re
 import shlex
 import shutil
@@ -23,16 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pytest_runs import clean_env
 
-DROPPED_ENV = (
-    "PYTEST_ADDOPTS",
-    "PYTEST_XDIST_WORKER",
-    "PYTEST_XDIST_WORKER_COUNT",
-    "PYTEST_CURRENT_TEST",
-    "PYTEST_PLUGINS",
-    "GITHUB_STEP_SUMMARY",
-    "PYTEST_DISABLE_PLUGIN_AUTOLOAD",
-)
 COMMON = ["-p", "no:cacheprovider", "-p", "no:randomly"]
 
 #: Linear model on data from repro.generator("data"), init under repro.seeded("init"); the
@@ -127,10 +118,6 @@ class Sweep:
 
     def warnings(self, kind: str) -> list[str]:
         return [w["message"] for w in self.document()["warnings"] if w["kind"] == kind]
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
 
 
 def start(cwd: Path, args: list[str]) -> subprocess.Popen:

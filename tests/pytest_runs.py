@@ -1,0 +1,60 @@
+"""Shared by the tests that run pytest in fresh processes: a clean environment for the child,
+and the failure text of one test, as pytest prints it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Variables of the outer pytest (or CI) that would change what the inner run does.
+DROPPED_ENV = (
+    "PYTEST_ADDOPTS",
+    "PYTEST_XDIST_WORKER",
+    "PYTEST_XDIST_WORKER_COUNT",
+    "PYTEST_CURRENT_TEST",
+    "PYTEST_PLUGINS",
+    "GITHUB_STEP_SUMMARY",
+    "PYTEST_DISABLE_PLUGIN_AUTOLOAD",
+)
+
+_SECTION_END = re.compile(r"(_{3,} \S+ _{3,}|={3,} .* ={3,}|-{3,} .* -{3,})")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
+    env.update(extra)
+    return env
+
+
+def failure_section(output: str, test: str) -> str:
+    """The text of one test's entry in the FAILURES section of ``output``."""
+    header = re.compile(r"_{3,} " + re.escape(test) + r" _{3,}")
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines) if header.fullmatch(line)), None)
+    assert start is not None, f"no failure section for {test}:\n{output}"
+    end = next(
+        (j for j in range(start + 1, len(lines)) if _SECTION_END.fullmatch(lines[j])), len(lines)
+    )
+    return "\n".join(lines[start + 1 : end])
+
+
+@dataclass
+class Finished:
+    """A finished pytest run: exit code, output, and (if written) its repro report."""
+
+    ret: int
+    output: str
+    report_dir: Path | None = None
+
+    def report(self) -> dict:
+        assert self.report_dir is not None
+        return json.loads((self.report_dir / "report.json").read_text())
+
+    def tests(self) -> dict[str, dict]:
+        return {test["nodeid"]: test for test in self.report()["tests"]}
+
+    def failure(self, test: str) -> str:
+        return failure_section(self.output, test)
