@@ -1113,7 +1113,8 @@ class ParentSession(_SessionBase):
         from repro_check.core.compare import compare_runs
 
         divergence = verdict.comparison.divergence if verdict.comparison else None
-        reference = self._reference_record(item, verdict)
+        # judge() keeps replica 0's result on the verdict until the verdict is stored.
+        reference = verdict.reference.record if verdict.reference else None
         if divergence is None or reference is None or verdict.other_replica is None:
             return
         localize = self._should_localize(verdict)
@@ -1220,20 +1221,6 @@ class ParentSession(_SessionBase):
             "it: the nondeterminism is inside the run (thread scheduling in an op, an "
             "unseeded RNG, the data pipeline), not process-level state."
         )
-
-    def _reference_record(self, item: pytest.Item, verdict: TestVerdict) -> Any:
-        # Replica 0's result was consumed by judge(); re-read it from its channel file.
-        from repro_check.orchestration.executor import ChannelReader
-
-        channel = self.tmpdir / "session-0" / "channel.jsonl"
-        if not channel.exists():
-            channel = self.tmpdir / f"{_slug(item.nodeid)}-0" / "channel.jsonl"
-        if not channel.exists():  # in-process replicas: the record is still in memory
-            return verdict.reference.record if verdict.reference else None
-        for document in ChannelReader(channel).poll():
-            if document["nodeid"] == item.nodeid:
-                return ReplicaResult.from_json(document).record
-        return None
 
     def _target(self, item: pytest.Item) -> str:
         path, _, rest = item.nodeid.partition("::")
