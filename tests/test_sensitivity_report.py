@@ -1,4 +1,4 @@
-"""repro_check.sensitivity_report: numbers against core.stats/scipy, warnings, report files."""
+"""repro_check.reporting.sensitivity: numbers against core.stats and scipy, warnings, files."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 import scipy.stats
 
-from repro_check import sensitivity_report as sr
 from repro_check.core import stats
 from repro_check.core.atomic import read_json
+from repro_check.reporting import sensitivity as sr
 
 MLP = "tests/test_train.py::test_mlp[adam_lr=1e-3]"
 CNN = "tests/test_train.py::test_cnn"

@@ -72,7 +72,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 def run_compare(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from repro_check.sensitivity_report import compare
+    from repro_check.reporting.sensitivity import compare
 
     try:
         runs = pd.read_csv(args.runs_csv)

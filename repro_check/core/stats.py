@@ -579,9 +579,13 @@ SUMMARY_COLUMNS = (
     "std",
     "min",
     "max",
+    "q25",
+    "median",
+    "q75",
     "iqm",
     "ci_low",
     "ci_high",
+    "ci_method",
     "var_share",
 )
 
@@ -595,13 +599,14 @@ def summarize_sources(
     seed: int = 0,
     reference: str = "all",
 ) -> pd.DataFrame:
-    """One row per (source, metric): n, mean, std, min, max, IQM, bootstrap CI of the mean, share.
+    """One row per (source, metric): n, mean, std, min, max, quartiles, IQM, CI of the mean, share.
 
     ``table`` holds one row per run, with the source whose seed varied in ``source_col``.
-    ``n`` counts finite runs, ``n_excluded`` the non-finite ones. ``ci_low``/``ci_high`` come
-    from :func:`bootstrap_ci` (mean, percentile). ``var_share`` is :func:`variance_shares`
-    against the ``reference`` source (NaN for every row when the table has no such source).
-    Sources keep their order of first appearance.
+    ``n`` counts finite runs, ``n_excluded`` the non-finite ones (mask a value as NaN to leave
+    its run out). ``ci_low``/``ci_high``/``ci_method`` come from :func:`bootstrap_ci` (mean,
+    percentile). ``var_share`` is :func:`variance_shares` against the ``reference`` source (NaN
+    for every row when the table has no such source). Sources keep their order of first
+    appearance, and values their order in ``table``.
     """
     import pandas as pd
 
@@ -636,9 +641,13 @@ def summarize_sources(
                     "std": s.std,
                     "min": s.min,
                     "max": s.max,
+                    "q25": s.q25,
+                    "median": s.median,
+                    "q75": s.q75,
                     "iqm": s.iqm,
                     "ci_low": ci.low,
                     "ci_high": ci.high,
+                    "ci_method": ci.method,
                     "var_share": shares[name],
                 }
             )
