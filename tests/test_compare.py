@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +16,11 @@ from repro_check.core.compare import (
     GROWTH_ROWS,
     Comparison,
     compare_runs,
+    find_mismatch,
+    fp64_multiplier,
+    judge_against_fp64,
     tensor_diff,
+    within_tolerance,
 )
 from repro_check.core.record import Recorder, RunRecord
 from repro_check.core.spill import SpillWriter
@@ -79,8 +84,8 @@ def test_mismatch_count_and_percent():
     assert diff.max_abs == 3.0 and diff.max_abs_index == (5,)
     assert (diff.reference_value, diff.other_value) == (0.0, -3.0)
     text = diff.describe()
-    assert "elements differing: 3 / 10 (30.0%)" in text
-    assert "greatest absolute difference: 3 at index (5)" in text
+    assert "Mismatched elements: 3 / 10 (30.0%)" in text
+    assert "Greatest absolute difference: 3 at index (5) (0.0 vs -3.0)" in text
     assert json.dumps(diff.to_json(), allow_nan=False)  # JSON-safe, inf included
 
 
@@ -91,7 +96,7 @@ def test_greatest_absolute_and_relative_differences_are_located_separately():
     assert diff.mismatched == 2
     assert diff.max_abs_index == (0, 1) and diff.max_abs == pytest.approx(2.0)
     assert diff.max_rel_index == (0, 0) and diff.max_rel == pytest.approx(0.1)
-    assert "greatest relative difference: 0.1 at index (0, 0)" in diff.describe()
+    assert "Greatest relative difference: 0.1 at index (0, 0)" in diff.describe()
 
 
 def test_relative_difference_against_zero_is_infinite():
@@ -108,7 +113,7 @@ def test_nan_against_a_number():
     assert diff.nan_mismatched == 1
     assert diff.max_abs == math.inf and diff.max_abs_index == (1,)
     assert math.isnan(diff.reference_value) and diff.other_value == 2.0
-    assert "NaN in one replica only: 1 elements" in diff.describe()
+    assert "NaN on one side only: 1 elements" in diff.describe()
 
 
 def test_identical_nans_do_not_differ_but_nan_payloads_do():
@@ -415,3 +420,152 @@ def test_short_divergence_lists_every_remaining_step(tmp_path):
     d = compare_runs(reference, other).divergence
     assert d is not None
     assert [r.step for r in d.growth] == [1, 2, 3, 4]
+
+
+# ------------------------------------------------------------------------- the one formatter
+
+
+def test_find_mismatch_speaks_assert_close_words_with_tolerances():
+    reference = np.zeros(100)
+    other = reference.copy()
+    other[[3, 40, 77]] = [1e-3, -2.0, 5e-6]
+    found = find_mismatch(reference, other, atol=1e-5, rtol=1e-3, shape=(10, 10))
+    assert (found.mismatched, found.numel) == (2, 100)  # 5e-6 is within atol
+    assert found.max_abs_index == (4, 0) and found.max_abs == 2.0
+    assert found.lines() == [
+        "Mismatched elements: 2 / 100 (2.0%)",
+        "Greatest absolute difference: 2 at index (4, 0) (0.0 vs -2.0) (up to 1e-05 allowed)",
+        "Greatest relative difference: inf at index (0, 3) (up to 0.001 allowed)",
+    ]
+
+
+def test_find_mismatch_is_bitwise_without_tolerances_and_names_labels():
+    found = find_mismatch([1.0, 2.0, 3.0], [1.0, 2.5, 3.0], labels=["min", "max", "norm"])
+    assert found.mismatched == 1
+    assert "Greatest absolute difference: 0.5 in max (2.0 vs 2.5)" in found.lines()
+    assert not any("allowed" in line for line in found.lines())  # equality: no tolerance shown
+
+
+def test_find_mismatch_nan_policy():
+    a = np.array([np.nan, 1.0, np.inf, -np.inf])
+    same_values = find_mismatch(a, a.copy(), atol=0.1)
+    assert same_values.mismatched == 0 and same_values.max_abs == 0.0  # NaN == NaN, inf == inf
+    moved = find_mismatch(a, np.array([1.0, 1.0, np.inf, np.inf]), atol=0.1)
+    assert moved.mismatched == 2 and moved.nan_mismatched == 1
+    assert moved.max_abs == math.inf
+    assert "NaN on one side only: 1 elements" in moved.lines()
+
+
+def test_within_tolerance_reports_in_the_same_words(tmp_path):
+    reference = train_run(tmp_path, "ref", steps=3)
+    other = train_run(tmp_path, "other", steps=3, perturb=(1, "weight", (2, 3)), delta=0.5)
+    check = within_tolerance(reference, other, 1e-4, 0.0)
+    assert not check.within and (check.worst_step, check.worst_key) == (1, "model.weight")
+    assert check.message.startswith("step 1, model.weight is not close (atol=0.0001, rtol=0): ")
+    assert "Mismatched elements: 1 / 15 (6.7%)" in check.message
+    assert "Greatest absolute difference: 0.5 at index (2, 3)" in check.message
+    assert check.mismatch is not None and check.mismatch.max_abs_index == (2, 3)
+    assert within_tolerance(reference, other, 1.0, 0.0).within
+
+
+# ------------------------------------------------------------------------- the float64 rule
+
+
+def float32_products(seed: int, scale: float, rows: int = 128, inner: int = 1024):
+    """y = A @ x in float64 (the record) and in float32 by three orders of reduction: BLAS, and
+    blocked sums over 8- and 256-element chunks, as other threads/ISAs/devices would run it."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(rows, inner, generator=g, dtype=torch.float64) * scale
+    x = torch.randn(inner, generator=g, dtype=torch.float64)
+    a32, x32 = a.float(), x.float()
+    orders = {
+        "blas": a32 @ x32,
+        "chunk8": (a32.view(rows, -1, 8) * x32.view(-1, 8)).sum(-1).sum(-1),
+        "lanes256": (a32.view(rows, 256, -1) * x32.view(256, -1)).sum(-2).sum(-1),
+    }
+    return (a @ x).numpy(), {k: v.double().numpy() for k, v in orders.items()}
+
+
+SCALES = [1e-6, 1.0, 1e6]
+
+
+@pytest.mark.parametrize("scale", SCALES, ids=lambda s: f"scale={s:g}")
+@pytest.mark.parametrize("rows", [5, 128, 4096])
+def test_reduction_order_noise_passes_at_any_scale(scale, rows):
+    for seed in range(3):
+        fp64, orders = float32_products(seed, scale, rows=rows)
+        for ref in orders:
+            for candidate in orders:
+                judged = judge_against_fp64(orders[ref], orders[candidate], fp64)
+                assert judged.agrees, (ref, candidate, judged.reason)
+                assert judged.multiplier == fp64_multiplier(rows)
+
+
+@pytest.mark.parametrize("scale", SCALES, ids=lambda s: f"scale={s:g}")
+def test_a_one_percent_scale_bug_fails_at_any_scale(scale):
+    fp64, orders = float32_products(0, scale)
+    judged = judge_against_fp64(orders["blas"], orders["chunk8"] * 1.01, fp64)
+    assert not judged.agrees
+    assert judged.candidate_error > 1000 * judged.ref_error
+    assert "> allowed" in judged.reason
+
+
+@pytest.mark.parametrize("gamma", SCALES, ids=lambda s: f"gamma={s:g}")
+def test_a_wrong_epsilon_fails_while_float32_rounding_passes(gamma):
+    """Layer norm of unit-variance rows, epsilon 1e-6 instead of 1e-5: a 4.5e-6 relative change,
+    some 40 float32 roundings -- far below any fixed rtol a user would write, and still a bug."""
+    x = torch.randn(64, 512, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def layer_norm(t: torch.Tensor, eps: float) -> np.ndarray:
+        out = torch.nn.functional.layer_norm(t, (512,), eps=eps) * gamma
+        return out.double().numpy()
+
+    fp64 = layer_norm(x, 1e-5)
+    ref32 = layer_norm(x.float(), 1e-5)
+    manual = (x.float() - x.float().mean(-1, keepdim=True)) / torch.sqrt(
+        x.float().var(-1, unbiased=False, keepdim=True) + 1e-5
+    )
+    other_order = (manual * gamma).double().numpy()  # the same maths, another kernel
+    assert judge_against_fp64(ref32, other_order, fp64).agrees
+    wrong = judge_against_fp64(ref32, layer_norm(x.float(), 1e-6), fp64)
+    assert not wrong.agrees, wrong.reason
+
+
+def test_the_rule_is_scale_free():
+    fp64, orders = float32_products(2, 1.0)
+    base = judge_against_fp64(orders["blas"], orders["chunk8"], fp64)
+    for scale in (2.0**-20, 2.0**20):  # powers of two: the same roundings, exactly scaled
+        scaled = judge_against_fp64(orders["blas"] * scale, orders["chunk8"] * scale, fp64 * scale)
+        assert scaled.agrees == base.agrees
+        assert scaled.candidate_error / scaled.allowed == pytest.approx(
+            base.candidate_error / base.allowed
+        )
+
+
+def test_an_exact_reference_leaves_the_floor():
+    fp64 = np.array([1.0, 0.5, 0.25, 3.0])
+    one_rounding_away = fp64 * (1 + np.finfo(np.float32).eps)
+    judged = judge_against_fp64(fp64.copy(), one_rounding_away, fp64)
+    assert judged.ref_error == 0.0 and judged.floor > 0 and judged.agrees
+    assert not judge_against_fp64(fp64.copy(), fp64 * 1.001, fp64).agrees
+
+
+def test_nan_in_the_candidate_only_fails_and_nan_in_the_reference_is_skipped():
+    fp64 = np.array([1.0, 2.0, 3.0, 4.0])
+    ref32 = fp64 + 1e-7
+    judged = judge_against_fp64(ref32, np.array([1.0, np.nan, 3.0, 4.0]), fp64)
+    assert not judged.agrees and "NaN/inf where the float32 reference" in judged.reason
+    unstable_ref = np.array([1.0, np.nan, 3.0, 4.0])
+    judged = judge_against_fp64(unstable_ref, ref32, fp64)
+    assert judged.agrees and judged.compared == 3
+
+
+def test_multipliers_and_explicit_overrides():
+    assert [fp64_multiplier(n) for n in (1, 10, 11, 999, 1000)] == [10, 10, 3, 3, 2]
+    assert fp64_multiplier(5000, "bfloat16") == 3
+    fp64 = np.linspace(1, 2, 50)
+    ref32, candidate = fp64 + 1e-3, fp64 + 2.5e-3
+    assert judge_against_fp64(ref32, candidate, fp64).agrees  # 2.5x <= 3x
+    assert not judge_against_fp64(ref32, candidate, fp64, multiplier=2.0, floor=0.0).agrees
+    with pytest.raises(ValueError, match="equally long"):
+        judge_against_fp64([1.0], [1.0, 2.0], [1.0])

@@ -279,7 +279,7 @@ def test_unseeded_rng_fails_at_step_0_with_the_rerun_command_last(subprocess_ses
     text = subprocess_session.failure("test_unseeded_numpy")
     assert "is not reproducible" in text
     assert "first divergence: step 0, model.weight (float32, shape (2, 4))" in text
-    assert "elements differing:" in text  # element-level detail from the spill files
+    assert "Mismatched elements:" in text  # element-level detail from the spill files
     assert "how the divergence grows" in text
     assert "the nondeterminism is inside the run" in text  # the control replica's diagnosis
     last_line = text.strip().splitlines()[-1].strip()
@@ -707,7 +707,7 @@ def test_zero_spill_budget_says_how_to_get_detail(no_spill_session):
     first = no_spill_session.failure("test_first")
     assert "element-level detail unavailable" in first
     assert "--repro-spill-mb" in first
-    assert "elements differing" not in first
+    assert "Mismatched elements" not in first
 
 
 def test_zero_spill_budget_message_for_every_test(no_spill_session):

@@ -10,6 +10,7 @@ difference evolves over the later steps.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -26,36 +27,53 @@ GROWTH_ROWS = 8
 
 
 @dataclass
-class TensorDiff:
-    """Element-level difference between two tensors of equal dtype and shape."""
+class Mismatch:
+    """How ``other`` differs from ``reference``: how many elements, and where the greatest
+    absolute and relative differences are.
+
+    The one mismatch formatter of repro-check: :meth:`lines` speaks ``torch.testing.assert_close``'s
+    words (``Mismatched elements: 3 / 100 (3.0%)``, ``Greatest absolute difference: ... at index
+    (..)``, ``Greatest relative difference: ...``) for replica diffs, allowance checks and baseline
+    deltas alike. An index is a tensor index, or a label (``"norm"``) for named quantities.
+    """
 
     numel: int
     mismatched: int
     max_abs: float
-    max_abs_index: tuple[int, ...]
+    max_abs_index: tuple[int, ...] | str
     max_rel: float
-    max_rel_index: tuple[int, ...]
+    max_rel_index: tuple[int, ...] | str
     reference_value: float
     other_value: float
     nan_mismatched: int = 0
+    atol: float = 0.0
+    rtol: float = 0.0
+    noun: str = "elements"
 
     @property
     def mismatched_percent(self) -> float:
         return 100.0 * self.mismatched / self.numel if self.numel else 0.0
 
-    def describe(self, indent: str = "    ") -> str:
-        idx = _format_index(self.max_abs_index)
+    def lines(self, indent: str = "") -> list[str]:
+        """The mismatch in assert_close's words; "(up to X allowed)" only under tolerances."""
+        equality = self.atol == 0 and self.rtol == 0
+        abs_allowed = "" if equality else f" (up to {self.atol:g} allowed)"
+        rel_allowed = "" if equality else f" (up to {self.rtol:g} allowed)"
         lines = [
-            f"{indent}elements differing: {self.mismatched} / {self.numel} "
+            f"{indent}Mismatched {self.noun}: {self.mismatched} / {self.numel} "
             f"({self.mismatched_percent:.1f}%)",
-            f"{indent}greatest absolute difference: {self.max_abs:.3g} at index {idx} "
-            f"({self.reference_value!r} vs {self.other_value!r})",
-            f"{indent}greatest relative difference: {self.max_rel:.3g} at index "
-            f"{_format_index(self.max_rel_index)}",
+            f"{indent}Greatest absolute difference: {self.max_abs:.3g} "
+            f"{_location(self.max_abs_index)} ({self.reference_value!r} vs "
+            f"{self.other_value!r}){abs_allowed}",
+            f"{indent}Greatest relative difference: {self.max_rel:.3g} "
+            f"{_location(self.max_rel_index)}{rel_allowed}",
         ]
         if self.nan_mismatched:
-            lines.append(f"{indent}NaN in one replica only: {self.nan_mismatched} elements")
-        return "\n".join(lines)
+            lines.append(f"{indent}NaN on one side only: {self.nan_mismatched} {self.noun}")
+        return lines
+
+    def describe(self, indent: str = "    ") -> str:
+        return "\n".join(self.lines(indent))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -63,21 +81,99 @@ class TensorDiff:
             "mismatched": self.mismatched,
             "mismatched_percent": round(self.mismatched_percent, 4),
             "max_abs": _json_float(self.max_abs),
-            "max_abs_index": list(self.max_abs_index),
+            "max_abs_index": _json_index(self.max_abs_index),
             "max_rel": _json_float(self.max_rel),
-            "max_rel_index": list(self.max_rel_index),
+            "max_rel_index": _json_index(self.max_rel_index),
             "reference_value": _json_float(self.reference_value),
             "other_value": _json_float(self.other_value),
             "nan_mismatched": self.nan_mismatched,
         }
 
 
+#: The element-level difference of two tensors (a :class:`Mismatch` over every element).
+TensorDiff = Mismatch
+
+
 def _json_float(x: float) -> float | str:
     return x if np.isfinite(x) else repr(x)
 
 
+def _json_index(index: tuple[int, ...] | str) -> list[int] | str:
+    return index if isinstance(index, str) else list(index)
+
+
 def _format_index(index: tuple[int, ...]) -> str:
     return "()" if not index else "(" + ", ".join(map(str, index)) + ")"
+
+
+def _location(index: tuple[int, ...] | str) -> str:
+    return f"in {index}" if isinstance(index, str) else f"at index {_format_index(index)}"
+
+
+def find_mismatch(
+    reference: Any,
+    other: Any,
+    *,
+    atol: float = 0.0,
+    rtol: float = 0.0,
+    shape: tuple[int, ...] | None = None,
+    labels: Sequence[str] | None = None,
+    differs: np.ndarray | None = None,
+    noun: str = "elements",
+) -> Mismatch:
+    """Compare two equally long sequences of numbers (real or complex) element by element.
+
+    An element mismatches when not ``|other - reference| <= atol + rtol * |reference|``
+    (assert_close's rule, NaN equal to NaN), or, when ``differs`` is given (the bitwise mask of a
+    replica diff), where it says. Indices are unravelled into ``shape``, or named by ``labels``.
+    """
+    a = np.asarray(reference).reshape(-1)
+    b = np.asarray(other).reshape(-1)
+    if a.shape != b.shape:
+        raise ValueError(f"find_mismatch needs equal lengths, got {a.size} and {b.size}")
+    numel = int(a.size)
+    if numel == 0:
+        return Mismatch(0, 0, 0.0, (), 0.0, (), 0.0, 0.0, atol=atol, rtol=rtol, noun=noun)
+    if not (np.iscomplexobj(a) or np.iscomplexobj(b)):
+        a, b = a.astype(np.float64), b.astype(np.float64)
+    nan_a, nan_b = np.isnan(a), np.isnan(b)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        diff = np.where(a == b, 0.0, np.abs(a - b)).astype(np.float64)
+        diff[nan_a & nan_b] = 0.0
+        diff[nan_a ^ nan_b] = np.inf
+        if differs is not None:
+            bad = np.asarray(differs, dtype=bool).reshape(-1)
+            diff[~bad] = 0.0
+        else:
+            bad = ~((diff == 0) | (diff <= atol + rtol * np.abs(a)))  # 0 * inf is NaN
+        rel = np.where(diff == 0, 0.0, diff / np.abs(a))
+    i_abs = int(np.argmax(diff))
+    i_rel = int(np.argmax(np.nan_to_num(rel, nan=np.inf)))
+
+    def where(i: int) -> tuple[int, ...] | str:
+        if labels is not None:
+            return labels[i]
+        return _unravel(i, shape if shape is not None else (numel,))
+
+    return Mismatch(
+        numel=numel,
+        mismatched=int(bad.sum()),
+        max_abs=float(diff[i_abs]),
+        max_abs_index=where(i_abs),
+        max_rel=float(rel[i_rel]),
+        max_rel_index=where(i_rel),
+        reference_value=_real(a[i_abs]),
+        other_value=_real(b[i_abs]),
+        nan_mismatched=int((nan_a ^ nan_b).sum()),
+        atol=atol,
+        rtol=rtol,
+        noun=noun,
+    )
+
+
+def _real(x: Any) -> float:
+    """A value as shown: complex values by their magnitude."""
+    return float(abs(x)) if np.iscomplexobj(x) else float(x)
 
 
 def tensor_diff(reference: torch.Tensor, other: torch.Tensor) -> TensorDiff:
@@ -90,51 +186,28 @@ def tensor_diff(reference: torch.Tensor, other: torch.Tensor) -> TensorDiff:
             f" and {other.dtype}{tuple(other.shape)}"
         )
     shape = tuple(reference.shape)
-    numel = reference.numel()
-    if numel == 0:
-        return TensorDiff(0, 0, 0.0, (), 0.0, (), 0.0, 0.0)
+    if reference.numel() == 0:
+        return find_mismatch(np.zeros(0), np.zeros(0), shape=shape)
     # A private, truly contiguous copy (tiny tensors may carry any stride).
     a = reference.detach().cpu().reshape(-1).clone(memory_format=torch.contiguous_format)
     b = other.detach().cpu().reshape(-1).clone(memory_format=torch.contiguous_format)
     if a.dtype == torch.bool:
         bits_a, bits_b = a, b
     else:
-        bits_a, bits_b = a.view(torch.uint8), b.view(torch.uint8)
         width = a.element_size()
-        bits_a, bits_b = bits_a.reshape(-1, width), bits_b.reshape(-1, width)
-    differs = (bits_a != bits_b).reshape(numel, -1).any(dim=1)
-    mismatched = int(differs.sum())
-    if a.is_complex():  # distance in the complex plane; "values" shown are magnitudes
-        c_a, c_b = a.to(torch.complex128), b.to(torch.complex128)
-        abs_diff = (c_a - c_b).abs()
-        a64, b64 = c_a.abs(), c_b.abs()
-        nan_a, nan_b = (
-            torch.isnan(c_a.real) | torch.isnan(c_a.imag),
-            torch.isnan(c_b.real) | torch.isnan(c_b.imag),
+        bits_a, bits_b = (
+            a.view(torch.uint8).reshape(-1, width),
+            b.view(torch.uint8).reshape(-1, width),
         )
-    else:
-        a64, b64 = a.to(torch.float64), b.to(torch.float64)
-        abs_diff = (a64 - b64).abs()
-        nan_a, nan_b = torch.isnan(a64), torch.isnan(b64)
-    nan_mismatched = int((nan_a ^ nan_b).sum())
-    abs_diff = torch.where(nan_a & nan_b, torch.zeros_like(abs_diff), abs_diff)
-    abs_diff = torch.where(nan_a ^ nan_b, torch.full_like(abs_diff, float("inf")), abs_diff)
-    abs_diff = torch.where(differs, abs_diff, torch.zeros_like(abs_diff))
-    rel_diff = abs_diff / a64.abs()
-    rel_diff = torch.where(abs_diff == 0, torch.zeros_like(rel_diff), rel_diff)
-    i_abs = int(torch.argmax(abs_diff))
-    i_rel = int(torch.argmax(torch.nan_to_num(rel_diff, nan=float("inf"))))
-    return TensorDiff(
-        numel=numel,
-        mismatched=mismatched,
-        max_abs=float(abs_diff[i_abs]),
-        max_abs_index=_unravel(i_abs, shape),
-        max_rel=float(rel_diff[i_rel]),
-        max_rel_index=_unravel(i_rel, shape),
-        reference_value=float(a64[i_abs]),
-        other_value=float(b64[i_abs]),
-        nan_mismatched=nan_mismatched,
+    differs = (bits_a != bits_b).reshape(a.numel(), -1).any(dim=1)
+    wide = torch.complex128 if a.is_complex() else torch.float64
+    return find_mismatch(
+        _numpy(a.to(wide)), _numpy(b.to(wide)), shape=shape, differs=differs.numpy()
     )
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    return t.resolve_conj().resolve_neg().numpy()
 
 
 def _unravel(flat_index: int, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -371,6 +444,7 @@ class ToleranceCheck:
     worst_key: str | None = None
     worst_abs: float = 0.0
     message: str = ""
+    mismatch: Mismatch | None = None  # at the first key beyond the tolerance
 
 
 def within_tolerance(
@@ -397,26 +471,161 @@ def within_tolerance(
                     f"{where}: tensors were not spilled, cannot compare with "
                     f"tolerances (raise --repro-spill-mb)",
                 )
-            a, b = (t.to(torch.complex128 if t.is_complex() else torch.float64) for t in pair)
-            both_nan = torch.isnan(a.abs()) & torch.isnan(b.abs())
-            diff = torch.where(both_nan, torch.zeros_like(a.real.abs()), (a - b).abs())
-            allowed = atol + rtol * a.abs()
-            bad = ~(diff <= allowed)
-            largest = float(diff.max()) if diff.numel() else 0.0
-            if bool(bad.any()):
+            a, b = (
+                _numpy(t.to(torch.complex128 if t.is_complex() else torch.float64)) for t in pair
+            )
+            found = find_mismatch(a, b, atol=atol, rtol=rtol, shape=tuple(pair[0].shape))
+            if found.mismatched:
                 return ToleranceCheck(
                     False,
                     ref_step.step,
                     key,
-                    largest,
-                    f"{where}: {int(bad.sum())} elements exceed atol={atol:g}, "
-                    f"rtol={rtol:g} (largest |diff| {largest:.3g})",
+                    found.max_abs,
+                    f"{where} is not close (atol={atol:g}, rtol={rtol:g}): "
+                    + "; ".join(found.lines()),
+                    found,
                 )
-            if largest > worst.worst_abs:
-                worst = ToleranceCheck(True, ref_step.step, key, largest)
+            if found.max_abs > worst.worst_abs:
+                worst = ToleranceCheck(True, ref_step.step, key, found.max_abs)
     worst.message = (
-        f"all differences within atol={atol:g}, rtol={rtol:g}; largest |diff| "
+        f"all differences within atol={atol:g}, rtol={rtol:g}; greatest absolute difference "
         f"{worst.worst_abs:.3g}"
         + (f" at step {worst.worst_step}, {worst.worst_key}" if worst.worst_key else "")
     )
     return worst
+
+
+# ------------------------------------------------------------------------- the float64 rule
+
+#: Multipliers of the float64 rule (see :func:`judge_against_fp64`), as in PyTorch's inductor
+#: accuracy checker ``torch._dynamo.utils.same(..., fp64_ref=...)``.
+FP64_MULTIPLIER = 2.0  # 1000 or more float32 numbers
+FP64_MULTIPLIER_HALF = 3.0  # 1000 or more float16/bfloat16 numbers
+FP64_MULTIPLIER_FEW = 3.0  # 11 to 999 numbers
+FP64_MULTIPLIER_SCALAR = 10.0  # 10 numbers or fewer
+#: The floor, in units of the compared dtype's machine epsilon at the float64 record's RMS.
+FP64_FLOOR_EPS = 4.0
+_EPS = {
+    "float64": float(np.finfo(np.float64).eps),
+    "float32": float(np.finfo(np.float32).eps),
+    "float16": float(np.finfo(np.float16).eps),
+    "bfloat16": 2.0**-7,
+}
+
+
+@dataclass(frozen=True)
+class Fp64Judgement:
+    """The verdict of the float64 rule and the numbers it rests on."""
+
+    agrees: bool
+    ref_error: float  # RMSE of the float32 reference against the float64 record
+    candidate_error: float  # RMSE of the candidate against the float64 record
+    allowed: float  # multiplier * ref_error + floor
+    multiplier: float
+    floor: float  # absolute (already scaled by the float64 record's RMS)
+    compared: int  # numbers compared (finite in all three)
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "agrees": self.agrees,
+            "ref_error": _json_float(self.ref_error),
+            "candidate_error": _json_float(self.candidate_error),
+            "allowed": _json_float(self.allowed),
+            "multiplier": self.multiplier,
+            "floor": _json_float(self.floor),
+            "compared": self.compared,
+            "reason": self.reason,
+        }
+
+
+def fp64_multiplier(count: int, dtype: str = "float32") -> float:
+    """The default multiplier for ``count`` compared numbers of ``dtype`` (see the constants)."""
+    if count <= 10:
+        return FP64_MULTIPLIER_SCALAR
+    if count < 1000:
+        return FP64_MULTIPLIER_FEW
+    return FP64_MULTIPLIER_HALF if dtype in ("float16", "bfloat16") else FP64_MULTIPLIER
+
+
+def judge_against_fp64(
+    ref32: Any,
+    candidate: Any,
+    fp64: Any,
+    *,
+    multiplier: float | None = None,
+    floor: float | None = None,
+    dtype: str = "float32",
+) -> Fp64Judgement:
+    """Does ``candidate`` agree with the reference run as well as floating point allows?
+
+    The rule of PyTorch's inductor accuracy checker (``torch._dynamo.utils.same`` with
+    ``fp64_ref``): a fixed ``atol``/``rtol`` is too loose for 1e-6 weights and too tight for 1e6
+    activations, so the yardstick is the reference's *own* rounding error instead. With the same
+    computation run once in float64 (``fp64``, the closest thing to the exact result) and once in
+    the reference's precision (``ref32``)::
+
+        agrees  <=>  rmse(candidate, fp64) <= multiplier * rmse(ref32, fp64) + floor
+
+    Another order of reduction (threads, ISA, BLAS, GPU) gives an error of the same size as the
+    reference's, so it passes; a real numerical bug (a wrong epsilon, a x1.01 scale, a dropped
+    term) gives an error far above float32 rounding, so it fails -- at any scale, since both
+    sides of the inequality scale with the data.
+
+    Multipliers (by the number of numbers compared, as ``same`` picks them by tensor size):
+    2 for 1000 or more float32 numbers, because two float32 runs that differ only in rounding
+    have RMS errors within a factor of about 1.5 of each other over that many elements; 3 for
+    float16/bfloat16 (``same``'s choice for AMP, whose coarser rounding false-alarmed at 2) and
+    for fewer than 1000 numbers, where noise dominates the RMS; 10 for 10 numbers or fewer
+    (``same``'s ``use_larger_multiplier_for_smaller_tensor``), where the RMS is the ratio of a
+    few random rounding errors. ``same``'s floor is ``tol / 10`` in absolute terms, which is not
+    scale-free; here it is :data:`FP64_FLOOR_EPS` machine epsilons of ``dtype`` times the float64
+    record's RMS, so that a reference that happens to round exactly (error 0) does not fail a
+    candidate one rounding away.
+
+    Inputs are equally long sequences of numbers (samples, statistics). NaN/inf: positions where
+    the float64 record or the reference is not finite are skipped (the reference cannot be held
+    to them); a candidate that is not finite where both are finite fails.
+    """
+    r = np.asarray(ref32, dtype=np.float64).reshape(-1)
+    c = np.asarray(candidate, dtype=np.float64).reshape(-1)
+    x = np.asarray(fp64, dtype=np.float64).reshape(-1)
+    if not r.size == c.size == x.size:
+        raise ValueError(
+            f"judge_against_fp64 needs equally long inputs, got {r.size}, {c.size}, {x.size}"
+        )
+    usable = np.isfinite(r) & np.isfinite(x)
+    new_nonfinite = int((usable & ~np.isfinite(c)).sum())
+    keep = usable & np.isfinite(c)
+    count = int(keep.sum())
+    chosen = multiplier if multiplier is not None else fp64_multiplier(count, dtype)
+    if count == 0:
+        rms = ref_error = candidate_error = 0.0
+    else:
+        rms = _rms(x[keep])
+        ref_error = _rms(r[keep] - x[keep])
+        candidate_error = _rms(c[keep] - x[keep])
+    eps = _EPS.get(dtype, _EPS["float32"])
+    floor_abs = (floor if floor is not None else FP64_FLOOR_EPS * eps) * rms
+    allowed = chosen * ref_error + floor_abs
+    agrees = new_nonfinite == 0 and candidate_error <= allowed
+    if new_nonfinite:
+        reason = (
+            f"{new_nonfinite} value(s) are NaN/inf where the float32 reference and the float64 "
+            f"record are finite"
+        )
+    else:
+        ratio = f"{candidate_error / ref_error:.3g}x" if ref_error else "n/a"
+        reason = (
+            f"RMS error against the float64 record {candidate_error:.3g} "
+            f"{'<=' if agrees else '>'} allowed {allowed:.3g} (= {chosen:g} x the reference's own "
+            f"error {ref_error:.3g} + floor {floor_abs:.3g}; the candidate's is {ratio} the "
+            f"reference's) over {count} values"
+        )
+    return Fp64Judgement(
+        agrees, ref_error, candidate_error, allowed, chosen, floor_abs, count, reason
+    )
+
+
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(values)))) if values.size else 0.0
