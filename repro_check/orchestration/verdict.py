@@ -6,13 +6,16 @@ replicas' fingerprints at once, however many replicas run.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 from repro_check.core.compare import Comparison, compare_runs
 from repro_check.core.record import RunRecord
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec
+
+if TYPE_CHECKING:
+    from repro_check.orchestration.allowance import Allowance
 
 IDENTICAL = "identical"
 DIVERGED = "diverged"
@@ -30,7 +33,67 @@ FAILING = frozenset(
 
 
 @dataclass
+class Localization:
+    """The op (or the line where the difference entered) blamed for a divergence."""
+
+    kind: str  # "nondeterministic-op" | "entered" | "identical" | "unavailable" | ...
+    message: str = ""
+    step: int | None = None
+    op: str | None = None
+    source: str | None = None
+    module_path: str | None = None
+    call_index: int | None = None
+    entered_at: Any = None
+    advice: str | None = None
+    events_compared: int | None = None
+    truncated: bool = False
+    note: str = ""
+    attempts: int | None = None
+    origin: str = ""  # "the replicas' own traces" when no rerun was needed
+
+    def to_json(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "origin"}
+        if self.origin:
+            data["from"] = self.origin
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Localization:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "from" in data:
+            values["origin"] = data["from"]
+        return cls(**values)
+
+
+@dataclass
+class BaselineOutcome:
+    """What the baseline stage did with a test: wrote, left, missed, or checked its baseline."""
+
+    path: str  # as shown to the user (relative to the invocation folder)
+    action: str  # "written" | "unchanged" | "missing" | "unreadable" | "checked"
+    created: str | None = None
+    error: str = ""
+    check: Any = None  # orchestration.baseline.BaselineCheck when action == "checked"
+
+    @property
+    def failed(self) -> bool:
+        return self.action in ("missing", "unreadable") or bool(self.check and self.check.failed)
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"path": self.path, "action": self.action}
+        if self.error:
+            data["error"] = self.error
+        if self.action == "checked":
+            data["created"] = self.created
+        if self.check is not None:
+            data.update(self.check.to_json())
+        return data
+
+
+@dataclass
 class TestVerdict:
+    __test__ = False  # not a pytest test class, despite the name
     nodeid: str
     seed: int
     base_seed: int
@@ -51,9 +114,9 @@ class TestVerdict:
     #: Replica 0's record and environment, kept only until the baseline has been checked.
     reference: ReplicaResult | None = field(default=None, repr=False)
     other: ReplicaResult | None = field(default=None, repr=False)
-    allowed: dict[str, str] = field(default_factory=dict)  # op -> rationale (from the marker)
-    baseline: dict[str, Any] = field(default_factory=dict)  # path, action, check
-    localization: dict[str, Any] = field(default_factory=dict)  # the op (or line) to blame
+    allowed: tuple[Allowance, ...] = ()  # known nondeterminism the test declares
+    baseline: BaselineOutcome | None = None
+    localization: Localization | None = None  # the op (or line) to blame
 
     @property
     def failed(self) -> bool:
@@ -61,8 +124,9 @@ class TestVerdict:
 
     def first_divergence(self) -> str:
         comparison = self.comparison
-        if self.status == BASELINE_MISMATCH and self.baseline.get("step") is not None:
-            return f"vs baseline: step {self.baseline['step']}: {self.baseline.get('key')}"
+        check = self.baseline.check if self.baseline else None
+        if self.status == BASELINE_MISMATCH and check is not None and check.step is not None:
+            return f"vs baseline: step {check.step}: {check.key}"
         if comparison is None or comparison.identical:
             return ""
         if comparison.structural is not None:
@@ -96,9 +160,9 @@ class TestVerdict:
             "nonfinite": self.nonfinite,
             "rerun_command": self.rerun_command,
             "notes": self.notes,
-            "baseline": self.baseline,
-            "localization": self.localization,
-            "allowed_nondeterminism": self.allowed,
+            "baseline": self.baseline.to_json() if self.baseline else {},
+            "localization": self.localization.to_json() if self.localization else {},
+            "allowed_nondeterminism": {a.op: a.describe() for a in self.allowed},
         }
 
 

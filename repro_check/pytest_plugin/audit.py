@@ -17,11 +17,14 @@ from typing import Any
 import pytest
 
 from repro_check.core.atomic import atomic_write_text, write_json
+from repro_check.pytest_plugin.items import is_repro_item, replica_key
 
 AUDIT_SCHEMA = "repro-check/gpu-audit"
 
 
 class AuditPlugin:
+    """Traces replica 0 of each marked test once and keeps its CUDA-risk findings."""
+
     def __init__(self, config: pytest.Config, report_dir: Path | None) -> None:
         self.config = config
         self.report_dir = report_dir
@@ -29,14 +32,10 @@ class AuditPlugin:
         self.alerts: dict[str, list[str]] = {}
 
     def _replica_zero(self, item: pytest.Item) -> bool:
-        from repro_check.plugin import replica_key
-
         return item.stash.get(replica_key, 0) == 0
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
-        from repro_check.plugin import is_repro_item
-
         if not is_repro_item(pyfuncitem) or not self._replica_zero(pyfuncitem):
             return None
         import torch
@@ -65,7 +64,7 @@ class AuditPlugin:
         )
         # Replicas judged in other processes still need this process to judge them.
         session = self.config.pluginmanager.get_plugin("repro-session")
-        return None if session is not None and getattr(session, "subprocess", False) else True
+        return None if session is not None and session.subprocess else True
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.findings:

@@ -1,4 +1,4 @@
-"""Rendering: failure messages, the terminal ``repro summary`` and the report files.
+"""Rendering a verdict: the failure message and the row of the terminal ``repro summary``.
 
 The failure message is the product: what differed, where (step, key, element), by how much, how
 it grew, and the exact command that reruns the case.
@@ -6,29 +6,22 @@ it grew, and the exact command that reruns the case.
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tabulate import tabulate
 
-from repro_check.core.atomic import atomic_write_text, write_json
 from repro_check.core.compare import Divergence
 from repro_check.orchestration.verdict import (
     BASELINE_MISMATCH,
     BASELINE_MISSING,
     DIVERGED,
     ERROR,
-    FAILING,
     NOT_RECORDED,
     STRUCTURAL,
     TestVerdict,
 )
-
-REPORT_SCHEMA = "repro-check/report"
-REPORT_SCHEMA_VERSION = 1
 
 
 def human_bytes(n: float) -> str:
@@ -67,7 +60,7 @@ def failure_message(verdict: TestVerdict) -> str:
             f"optimizer=opt, loss=loss) in the training loop."
         )
     elif verdict.status == BASELINE_MISSING:
-        lines.append(f"{head}: no baseline at {verdict.baseline.get('path')}")
+        lines.append(f"{head}: no baseline at {verdict.baseline.path if verdict.baseline else '?'}")
         lines.append("  the replicas agree; create the baseline (and commit it):")
         lines.append("    " + verdict.accept_command)
         return "\n".join(lines)
@@ -88,13 +81,13 @@ def failure_message(verdict: TestVerdict) -> str:
         else:
             assert verdict.comparison.divergence is not None
             lines.extend(_divergence_lines(verdict.comparison.divergence))
-    if verdict.localization:
-        loc = verdict.localization
-        where = f", traced step {loc['step']}" if loc.get("step") is not None else ""
-        lines.append(f"  localisation ({loc.get('kind')}{where}):")
-        lines.append(_indent(str(loc.get("message", "")).rstrip(), "    "))
-        if loc.get("note"):
-            lines.append("    note: " + loc["note"])
+    loc = verdict.localization
+    if loc is not None:
+        where = f", traced step {loc.step}" if loc.step is not None else ""
+        lines.append(f"  localisation ({loc.kind}{where}):")
+        lines.append(_indent(loc.message.rstrip(), "    "))
+        if loc.note:
+            lines.append("    note: " + loc.note)
     if verdict.diagnosis:
         lines.append("  diagnosis: " + verdict.diagnosis)
     for note in verdict.notes:
@@ -109,26 +102,25 @@ def failure_message(verdict: TestVerdict) -> str:
 
 def _baseline_lines(head: str, verdict: TestVerdict) -> list[str]:
     b = verdict.baseline
-    if b.get("action") == "unreadable":
-        return [f"{head}: the baseline {b.get('path')} cannot be used:", f"  {b.get('error')}"]
+    assert b is not None
+    if b.action == "unreadable" or b.check is None:
+        return [f"{head}: the baseline {b.path} cannot be used:", f"  {b.error}"]
+    check = b.check
     lines = [
         f"{head} no longer matches its baseline",
-        f"  baseline: {b.get('path')} (created {b.get('created')}); the replicas agree with "
-        f"each other",
-        f"  comparison: {b.get('mode')} -- {b.get('reason')}",
+        f"  baseline: {b.path} (created {b.created}); the replicas agree with each other",
+        f"  comparison: {check.mode} -- {check.reason}",
     ]
-    lines += [
-        "  " + line.strip() if not line.startswith("    ") else line for line in b.get("detail", [])
-    ]
-    differences = b.get("env_differences") or []
-    if b.get("seed_note"):
-        lines.append("  " + b["seed_note"])
+    lines += ["  " + line.strip() if not line.startswith("    ") else line for line in check.lines]
+    differences = check.env_differences or []
+    if check.seed_note:
+        lines.append("  " + check.seed_note)
     if differences:
         lines.append("  environment changes since the baseline (determinism-relevant):")
         lines += [f"    {d}" for d in differences[:12]]
         if len(differences) > 12:
             lines.append(f"    ... and {len(differences) - 12} more (repro-check env diff)")
-    elif not b.get("seed_note"):
+    elif not check.seed_note:
         lines.append(
             "  environment: unchanged in every determinism-relevant way, so the code or "
             "the data changed the numbers"
@@ -204,10 +196,11 @@ SUMMARY_HEADERS = [
 
 def baseline_cell(v: TestVerdict) -> str:
     b = v.baseline
-    action = b.get("action")
-    if action == "checked":
-        return f"{b.get('status')} ({b.get('mode')})"
-    return action or "-"
+    if b is None:
+        return "-"
+    if b.check is not None:
+        return f"{b.check.status} ({b.check.mode})"
+    return b.action
 
 
 @dataclass
@@ -218,10 +211,6 @@ class RenderedVerdict:
     json: dict[str, Any]
     row: list[Any]
     failure: str = ""
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.failure)
 
     def to_json(self) -> dict[str, Any]:
         return {"json": self.json, "row": self.row, "failure": self.failure}
@@ -255,57 +244,3 @@ def render(v: TestVerdict) -> RenderedVerdict:
 
 def summary_table(verdicts: Sequence[RenderedVerdict], tablefmt: str = "simple") -> str:
     return tabulate([v.row for v in verdicts], headers=SUMMARY_HEADERS, tablefmt=tablefmt)
-
-
-def report_document(
-    verdicts: Sequence[RenderedVerdict], *, session: dict[str, Any]
-) -> dict[str, Any]:
-    return {
-        "schema": REPORT_SCHEMA,
-        "schema_version": REPORT_SCHEMA_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "session": session,
-        "totals": {
-            "tests": len(verdicts),
-            "failed": sum(v.json["status"] in FAILING for v in verdicts),
-            "identical": sum(v.json["status"] == "identical" for v in verdicts),
-        },
-        "tests": [v.json for v in verdicts],
-    }
-
-
-def markdown_report(verdicts: Sequence[RenderedVerdict], document: dict[str, Any]) -> str:
-    session = document["session"]
-    lines = [
-        "# repro-check report",
-        "",
-        f"- created: {document['created']}",
-        f"- command: `{session.get('command', '')}`",
-        f"- base seed: {session.get('base_seed')}",
-        f"- replicas: {session.get('runs')} ({session.get('mode')})",
-        "",
-        summary_table(verdicts, tablefmt="github"),
-        "",
-    ]
-    environment = session.get("environment") or {}
-    if environment:
-        lines += ["## Environment", ""]
-        lines += [f"- {key}: {value}" for key, value in environment.items()]
-        lines.append("")
-    failures = [v for v in verdicts if v.failure]
-    if failures:
-        lines += ["## Failures", ""]
-        for v in failures:
-            lines += [f"### {v.json['nodeid']}", "", "```", v.failure, "```", ""]
-    return "\n".join(lines)
-
-
-def write_reports(
-    directory: Path, verdicts: Sequence[RenderedVerdict], *, session: dict[str, Any]
-) -> list[Path]:
-    """Write report.json and report.md atomically; returns the paths written."""
-    document = report_document(verdicts, session=session)
-    json_path, md_path = directory / "report.json", directory / "report.md"
-    write_json(json_path, document)
-    atomic_write_text(md_path, markdown_report(verdicts, document))
-    return [json_path, md_path]

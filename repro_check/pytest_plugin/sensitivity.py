@@ -4,7 +4,7 @@ Every marked test is run K times per randomness source, each run varying only th
 seed (``repro.seed_for(source)``), plus K runs varying all of them. Runs execute in worker
 processes through an executor (``--repro-jobs`` at once; a Dask client's executor with
 ``--repro-executor=dask``), results stream into ``REPORT_DIR/sensitivity/runs.jsonl`` so an
-interrupted sweep resumes, and the analysis (repro_check.sensitivity_report) writes the report.
+interrupted sweep resumes, and the analysis (repro_check.reporting.sensitivity) writes the report.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 
 from repro_check.core.seeding import root_seed_for_test
 from repro_check.orchestration.executor import ReplicaPool
+from repro_check.orchestration.launcher import WorkerLauncher
 from repro_check.orchestration.replicas import ReplicaSpec, RunSpec
 from repro_check.orchestration.sweep import (
     BACKEND,
@@ -32,20 +33,30 @@ from repro_check.orchestration.sweep import (
     runs_frame,
     split_round_robin,
 )
-from repro_check.plugin import Options, ParentSession, ReproFailure, is_repro_item
+from repro_check.pytest_plugin.items import ReproFailure, is_repro_item, target_of
+from repro_check.pytest_plugin.options import Options
+from repro_check.pytest_plugin.parent import worker_settings
+from repro_check.pytest_plugin.seeded import SeededSession
+from repro_check.pytest_plugin.worker import runtime_summary
+from repro_check.reporting.terminal import SessionReport, write_environment
 
 
 class SensitivityFailure(ReproFailure):
     """Runs of a sweep raised: the test itself is broken (the sweep data is still reported)."""
 
 
-class SensitivitySession(ParentSession):
+class SensitivitySession(SeededSession):
+    """``--repro-sensitivity``: plans the sweep, runs it through worker processes (always:
+    sweeps never run in this process), collects one row per run, writes the report."""
+
     def __init__(self, config: pytest.Config, options: Options) -> None:
-        super().__init__(config, options)
-        self.subprocess = True  # sweeps always run in worker processes
+        self.config = config
+        self.options = options
+        self.base_seed = options.base_seed
+        self.launcher = WorkerLauncher(worker_settings(config, options))
+        self.report = SessionReport()
+        self.pool: ReplicaPool | None = None
         self.k = int(config.getoption("repro_seeds"))
-        if self.k < 1:
-            raise pytest.UsageError(f"--repro-seeds={self.k}: must be at least 1")
         names = config.getoption("repro_sources")
         self.sources = (
             [s.strip() for s in names.split(",") if s.strip()] if names else list(DEFAULT_SOURCES)
@@ -97,7 +108,7 @@ class SensitivitySession(ParentSession):
             # over cores, and a run's numbers do not depend on how many ran beside it.
             spec = ReplicaSpec(index, num_threads=self.threads, label=f"sweep worker {index}")
             jobs.append(
-                self._worker_job(
+                self.launcher.job(
                     nodeids, spec, f"sweep-{index}", runs=bucket, skip=skip, metrics_only=True
                 )
             )
@@ -145,7 +156,7 @@ class SensitivitySession(ParentSession):
                     if self.config.getoption("repro_steps") is not None
                     else []
                 ),
-                shlex.quote(self._target(item)),
+                shlex.quote(target_of(item)),
             ]
         )
 
@@ -197,17 +208,17 @@ class SensitivitySession(ParentSession):
         return unused
 
     def analysis(self) -> Any:
-        from repro_check.sensitivity_report import analyze
+        from repro_check.reporting.sensitivity import analyze
 
         return analyze(runs_frame(self.rows), sources_unused=self.sources_unused())
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.rows:
             return
-        from repro_check.sensitivity_report import terminal_table
+        from repro_check.reporting.sensitivity import terminal_table
 
         terminalreporter.section("repro sensitivity")
-        analysis = self._analysis = self.analysis()
+        analysis = self.analysis()
         terminalreporter.write_line(terminal_table(analysis))
         failed = sum(r["status"] == "failed" for r in self.rows)
         nan = sum(r["status"] == "nan" for r in self.rows)
@@ -215,9 +226,9 @@ class SensitivitySession(ParentSession):
             f"{len(self.rows)} runs ({self.resumed} resumed from {self.store.path}), "
             f"{failed} failed, {nan} with NaN metrics; base seed {self.base_seed}"
         )
-        plots = sum(p.suffix == ".png" for p in self._report_paths)
-        files = ", ".join(p.name for p in self._report_paths if p.suffix != ".png")
-        self._report_footer(terminalreporter, f"{self.folder}/ ({files}, {plots} plots)")
+        plots = sum(p.suffix == ".png" for p in self.report.paths)
+        files = ", ".join(p.name for p in self.report.paths if p.suffix != ".png")
+        self.report.footer(terminalreporter, f"{self.folder}/ ({files}, {plots} plots)")
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
@@ -230,19 +241,32 @@ class SensitivitySession(ParentSession):
                 cluster.close()
         if not self.rows:
             return
-        from repro_check.sensitivity_report import write_report
+        from repro_check.reporting.sensitivity import write_report
 
         try:
-            info = self.session_info()
-            for replica_only in ("runs", "mode", "replicas"):
-                info.pop(replica_only, None)
-            info.update({"k": self.k, "sources": self.sources, "jobs": self.jobs})
-            self._report_paths = write_report(
+            info = {
+                "command": " ".join(
+                    ["pytest", *map(shlex.quote, self.config.invocation_params.args)]
+                ),
+                "base_seed": self.base_seed,
+                "deterministic": self.options.deterministic,
+                "environment": runtime_summary(),
+                "environment_file": "environment.json",
+                "k": self.k,
+                "sources": self.sources,
+                "jobs": self.jobs,
+            }
+            self.report.paths = write_report(
                 self.analysis(),
                 self.folder,
                 session=info,
                 disagreement=prediction_agreement(self.rows),
             )
-            self._report_paths.append(self._write_environment(self.folder))
+            self.report.paths.append(write_environment(self.folder, self.config.rootpath))
         except OSError as exc:
-            self._report_error = f"repro-check: could not write the sensitivity report: {exc}"
+            self.report.error = f"repro-check: could not write the sensitivity report: {exc}"
+
+    def pytest_unconfigure(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        self.launcher.close()

@@ -1,0 +1,120 @@
+"""One marked test as the orchestration layer sees it, and the session settings around it.
+
+The pytest front end turns an item and its ``@pytest.mark.repro(...)`` into a :class:`Case`
+(``parse_marker`` validates the marker strictly), so that every later decision works on plain
+data.
+"""
+
+from __future__ import annotations
+
+import math
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from repro_check.orchestration.allowance import Allowance, AllowanceError, from_mapping
+
+DEFAULT_STEPS = 10
+MARKER_KEYWORDS = ("steps", "atol", "rtol", "allow")
+
+
+class MarkerError(ValueError):
+    """A ``@pytest.mark.repro(...)`` that cannot be used; the message names the test."""
+
+
+@dataclass(frozen=True)
+class MarkerSettings:
+    steps: int = DEFAULT_STEPS
+    atol: float | None = None
+    rtol: float | None = None
+    allow: tuple[Allowance, ...] = ()
+
+
+def _tolerance(value: Any, name: str, nodeid: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MarkerError(
+            f"{nodeid}: @pytest.mark.repro({name}={value!r}): {name} must be a number >= 0"
+        )
+    if not math.isfinite(value) or value < 0:
+        raise MarkerError(f"{nodeid}: @pytest.mark.repro({name}={value!r}): must be >= 0")
+    return float(value)
+
+
+def parse_steps(value: Any, nodeid: str, what: str = "@pytest.mark.repro(steps=...)") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MarkerError(f"{nodeid}: {what} got {value!r}; steps must be an integer >= 1")
+    return value
+
+
+def parse_marker(
+    nodeid: str, args: Sequence[Any], kwargs: Mapping[str, Any], *, extra: Sequence[str] = ()
+) -> MarkerSettings:
+    """Validate a marker's arguments; ``extra`` names keywords that other features read."""
+    if args:
+        raise MarkerError(
+            f"{nodeid}: @pytest.mark.repro takes keyword arguments only "
+            f"(got positional {list(args)!r}); write e.g. @pytest.mark.repro(steps=20)"
+        )
+    known = (*MARKER_KEYWORDS, *extra)
+    unknown = sorted(set(kwargs) - set(known))
+    if unknown:
+        raise MarkerError(
+            f"{nodeid}: @pytest.mark.repro got unknown keyword(s) {', '.join(unknown)}; "
+            f"it accepts {', '.join(known)}"
+        )
+    steps = parse_steps(kwargs.get("steps", DEFAULT_STEPS), nodeid)
+    tolerances = {
+        name: _tolerance(kwargs[name], name, nodeid) for name in ("atol", "rtol") if name in kwargs
+    }
+    try:
+        allow = tuple(from_mapping(kwargs.get("allow"), f"{nodeid}: @pytest.mark.repro(allow=...)"))
+    except AllowanceError as exc:
+        raise MarkerError(str(exc)) from None
+    return MarkerSettings(steps, tolerances.get("atol"), tolerances.get("rtol"), allow)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One marked test: what it runs, how it is judged, how a user reruns it."""
+
+    nodeid: str
+    target: str  # the test as a user names it from the invocation folder (path::name)
+    steps: int = DEFAULT_STEPS
+    atol: float = 0.0
+    rtol: float = 0.0
+    allowed: tuple[Allowance, ...] = ()
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """The options that decide what a case computes and where its baseline lives."""
+
+    base_seed: int
+    runs: int = 2
+    deterministic: bool = False
+    steps_override: int | None = None
+    inprocess: bool = False
+    baseline_dir: str = ""
+    extra: tuple[str, ...] = field(default=())
+
+    def case_options(self) -> list[str]:
+        parts = [f"--repro-seed={self.base_seed}"]
+        if self.deterministic:
+            parts.append("--repro-deterministic")
+        if self.steps_override is not None:
+            parts.append(f"--repro-steps={self.steps_override}")
+        if self.inprocess:
+            parts.append("--repro-mode=inprocess")
+        if self.baseline_dir:
+            parts.append(f"--repro-baseline-dir={self.baseline_dir}")
+        return [*parts, *self.extra]
+
+    def rerun_command(self, case: Case) -> str:
+        seed, *others = self.case_options()
+        parts = ["pytest", "--repro", seed, f"--repro-runs={self.runs}", *others]
+        return " ".join([*parts, shlex.quote(case.target)])
+
+    def accept_command(self, case: Case) -> str:
+        parts = ["pytest", "--repro", "--repro-update", *self.case_options()]
+        return " ".join([*parts, shlex.quote(case.target)])

@@ -1,0 +1,102 @@
+"""From replica results to a verdict: judge, investigate, allow, gate, save checkpoints.
+
+:class:`VerdictPipeline` is the whole decision for one marked test. The pytest front end only
+collects the replicas' results (from worker processes or in-process runs) and hands them here;
+every step is a function of typed records, so the pipeline runs in unit tests with fake results
+and a fake rerunner.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from repro_check.core.seeding import root_seed_for_test
+from repro_check.orchestration.allowance import apply_allowance
+from repro_check.orchestration.case import Case, SessionSettings
+from repro_check.orchestration.gate import BaselineGate
+from repro_check.orchestration.investigation import (
+    Rerunner,
+    investigate,
+    localize_from_replicas,
+    should_localize,
+)
+from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec
+from repro_check.orchestration.verdict import (
+    ALLOWED,
+    DIVERGED,
+    IDENTICAL,
+    SINGLE,
+    TestVerdict,
+    judge,
+)
+
+
+@dataclass
+class VerdictPipeline:
+    settings: SessionSettings
+    specs: Sequence[ReplicaSpec]
+    #: Reruns replicas in fresh processes for the control and localisation (None: never rerun).
+    rerunner: Rerunner | None = None
+    gate: BaselineGate | None = None  # None: --repro-baseline=off
+    localize_mode: str = "auto"
+    #: Replicas ran in processes of their own (a control rerun can then speak of process state).
+    subprocess: bool = True
+    checkpoint_dir: Path | None = None  # save each replica's last step here (None: do not)
+    #: The environment snapshot for the baseline when a replica sent none (in-process replicas).
+    snapshot: Callable[[], dict[str, Any]] = dict
+
+    def decide(self, case: Case, results: Iterable[ReplicaResult]) -> TestVerdict:
+        seed = root_seed_for_test(self.settings.base_seed, case.nodeid)
+        if self.checkpoint_dir is not None:
+            results = self._saving_checkpoints(results, seed)
+        verdict = judge(case.nodeid, seed, self.settings.base_seed, list(self.specs), results)
+        verdict.rerun_command = self.settings.rerun_command(case)
+        verdict.accept_command = self.settings.accept_command(case)
+        verdict.allowed = case.allowed
+        if verdict.status == DIVERGED and verdict.allowed:
+            localize_from_replicas(verdict, self.specs)
+        # In-process replicas are investigated too when an allowance must be checked: the reruns
+        # are fresh processes either way.
+        investigable = self.subprocess or bool(verdict.allowed)
+        if (
+            verdict.status == DIVERGED
+            and investigable
+            and verdict.localization is None
+            and self.rerunner is not None
+        ):
+            investigate(
+                verdict,
+                self.specs,
+                self.rerunner,
+                localize_ops=should_localize(self.localize_mode, verdict.duration, len(self.specs)),
+                control_speaks=self.subprocess,
+            )
+        if verdict.status == DIVERGED and verdict.allowed:
+            apply_allowance(verdict, case.atol)
+        if verdict.status in (IDENTICAL, SINGLE, ALLOWED) and self.gate is not None:
+            reference = verdict.reference
+            assert reference is not None
+            self.gate.stage(case, verdict, reference.environment or self.snapshot())
+        verdict.reference = verdict.other = None  # drop records: memory stays flat
+        return verdict
+
+    def _saving_checkpoints(
+        self, results: Iterable[ReplicaResult], seed: int
+    ) -> Iterator[ReplicaResult]:
+        from repro_check.orchestration.checkpoints import save_last_step
+
+        assert self.checkpoint_dir is not None
+        for result in results:
+            if result.record is not None and result.record.steps:
+                spec = (
+                    self.specs[result.replica].to_json() if result.replica < len(self.specs) else {}
+                )
+                save_last_step(
+                    self.checkpoint_dir,
+                    result,
+                    {"seed": seed, "base_seed": self.settings.base_seed, "replica_spec": spec},
+                )
+            yield result

@@ -1,0 +1,353 @@
+"""``pytest --repro``: the hooks of the parent session.
+
+The hooks only move data between pytest and the orchestration layer: they start the replica
+pool after collection, hand each marked test's replica results to the
+:class:`~repro_check.orchestration.replay.VerdictPipeline` (which decides everything), turn the
+verdict into a pass, skip or failure, and write the summary and reports at the end.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from repro_check.core.record import Recorder
+from repro_check.core.spill import SpillWriter
+from repro_check.orchestration.case import SessionSettings
+from repro_check.orchestration.executor import ReplicaPool
+from repro_check.orchestration.gate import BaselineGate
+from repro_check.orchestration.launcher import WorkerLauncher, WorkerSettings, slug
+from repro_check.orchestration.replay import VerdictPipeline
+from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, default_specs
+from repro_check.orchestration.verdict import SKIPPED
+from repro_check.pytest_plugin.items import (
+    ReproFailure,
+    case_for,
+    context_key,
+    is_repro_item,
+    replica_key,
+    started_key,
+)
+from repro_check.pytest_plugin.options import CACHE_KEY, Options
+from repro_check.pytest_plugin.seeded import SeededSession, maybe_deterministic
+from repro_check.pytest_plugin.worker import (
+    ParentChain,
+    outcome_of,
+    runtime_snapshot,
+    runtime_summary,
+)
+from repro_check.reporting.terminal import SessionReport, summary_lines, write_step_summary
+from repro_check.reporting.verdicts import RenderedVerdict, failure_message, render
+
+
+def worker_settings(config: pytest.Config, options: Options) -> WorkerSettings:
+    """What a worker pytest must inherit from this one."""
+    import os
+
+    return WorkerSettings(
+        rootpath=config.rootpath,
+        invocation_dir=config.invocation_params.dir,
+        base_seed=options.base_seed,
+        spill_bytes=options.spill_bytes,
+        jobs=options.jobs,
+        inipath=config.inipath,
+        import_mode=str(config.option.importmode),
+        steps_override=config.getoption("repro_steps"),
+        deterministic=options.deterministic,
+        load_plugin=config.pluginmanager.get_plugin("repro") is None
+        or bool(os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")),
+    )
+
+
+def session_settings(config: pytest.Config, options: Options) -> SessionSettings:
+    return SessionSettings(
+        base_seed=options.base_seed,
+        runs=options.runs,
+        deterministic=options.deterministic,
+        steps_override=config.getoption("repro_steps"),
+        inprocess=options.mode == "inprocess",
+        baseline_dir=str(config.getoption("repro_baseline_dir") or ""),
+    )
+
+
+def replica_specs(options: Options) -> list[ReplicaSpec]:
+    specs = default_specs(options.runs, subprocess=options.mode == "subprocess")
+    if options.deterministic:
+        from repro_check.core.determinism import DETERMINISTIC_ENV
+
+        specs = [
+            ReplicaSpec(s.index, {**s.env, **DETERMINISTIC_ENV}, s.num_threads, s.label)
+            for s in specs
+        ]
+    return specs
+
+
+class ParentSession(SeededSession):
+    """``pytest --repro``: runs replicas, judges each marked test, reports."""
+
+    def __init__(self, config: pytest.Config, options: Options) -> None:
+        self.config = config
+        self.options = options
+        self.base_seed = options.base_seed
+        self.subprocess = options.mode == "subprocess"
+        self.specs = replica_specs(options)
+        self._restore_determinism = maybe_deterministic(options.deterministic)
+        self.launcher = WorkerLauncher(worker_settings(config, options))
+        self.gate = (
+            BaselineGate(
+                config.rootpath,
+                config.invocation_params.dir,
+                options.baseline_dir,
+                update=options.update,
+            )
+            if options.baseline != "off"
+            else None
+        )
+        self.pipeline = VerdictPipeline(
+            session_settings(config, options),
+            self.specs,
+            rerunner=self.launcher.rerun,
+            gate=self.gate,
+            localize_mode=options.localize,
+            subprocess=self.subprocess,
+            checkpoint_dir=options.report_dir / "checkpoints"
+            if options.save_checkpoints and options.report_dir is not None
+            else None,
+            snapshot=runtime_snapshot,
+        )
+        self.report = SessionReport()
+        self.pool: ReplicaPool | None = None
+        #: In-process mode: replica 0's result, and the first replica that differs from it.
+        self._inprocess_results: dict[str, list[ReplicaResult]] = {}
+        self._spills: dict[int, SpillWriter] = {}
+
+    # --- header
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        how = (
+            "fresh processes (" + "; ".join(s.describe() for s in self.specs) + ")"
+            if self.subprocess
+            else "this process"
+        )
+        mode = "; deterministic algorithms on" if self.options.deterministic else ""
+        return [
+            f"repro-check: base seed {self.base_seed} (rerun with --repro-seed={self.base_seed}); "
+            f"{self.options.runs} replicas per test in {how}{mode}"
+        ]
+
+    # --- replica processes
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        if not self.subprocess or session.config.option.collectonly:
+            return
+        if hasattr(session.config, "workerinput"):
+            return  # under xdist each test starts its own replicas (see pytest_pyfunc_call)
+        nodeids = [item.nodeid for item in session.items if is_repro_item(item)]
+        if nodeids:
+            self.pool = self.launcher.pool(nodeids, self.specs, "session")
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
+        if not self.subprocess or not is_repro_item(pyfuncitem):
+            return None
+        pool = self.pool
+        own_pool = pool is None
+        if pool is None:  # xdist worker, or collected late: replicas just for this test
+            pool = self.launcher.pool([pyfuncitem.nodeid], self.specs, slug(pyfuncitem.nodeid))
+        try:
+            self._judge(pyfuncitem, (pool.result(pyfuncitem.nodeid, s.index) for s in self.specs))
+        finally:
+            if own_pool:
+                pool.close()
+        return True
+
+    # --- in-process replicas
+    def replica_index(self, item: pytest.Item) -> int:
+        return item.stash.get(replica_key, 0)
+
+    def make_recorder(self, item: pytest.Item) -> Recorder | None:
+        if self.subprocess:
+            return None  # the parent does not run the body; the workers record
+        index = self.replica_index(item)
+        if index not in self._spills:
+            path = self.launcher.tmpdir / f"inprocess-{index}.bin"
+            self._spills[index] = SpillWriter(path, self.options.spill_bytes)
+        return Recorder(self._spills[index])
+
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        if self.subprocess or not is_repro_item(item):
+            return None
+        from _pytest.runner import runtestprotocol
+
+        keep_parents = ParentChain(item.listchain()[:-1])
+        self._inprocess_results[item.nodeid] = []
+        for index in range(len(self.specs) - 1):
+            item.stash[replica_key] = index
+            started = time.perf_counter()
+            reports = runtestprotocol(item, log=False, nextitem=keep_parents)  # type: ignore[arg-type]
+            self._keep(item.nodeid, self._inprocess_result(item, index, reports, started))
+        item.stash[replica_key] = len(self.specs) - 1
+        item.stash[started_key] = time.perf_counter()
+        return None  # the default protocol runs (and reports) the last replica
+
+    def _keep(self, nodeid: str, result: ReplicaResult) -> None:
+        """Hold at most two replicas' records: replica 0, and the first one that differs from it
+        (or fails). A later identical replica adds nothing to the verdict."""
+        from repro_check.core.compare import compare_runs
+
+        kept = self._inprocess_results[nodeid]
+        if len(kept) >= 2:
+            kept[-1].duration += result.duration
+            return
+        if (
+            kept
+            and result.outcome == "passed"
+            and kept[0].outcome == "passed"
+            and kept[0].record is not None
+            and result.record is not None
+            and compare_runs(kept[0].record, result.record).identical
+        ):
+            kept[0].duration += result.duration
+            return
+        kept.append(result)
+
+    def _inprocess_result(
+        self, item: pytest.Item, index: int, reports: list[pytest.TestReport], started: float
+    ) -> ReplicaResult:
+        context = item.stash.get(context_key, None)
+        outcome, error = outcome_of(reports)
+        return ReplicaResult(
+            item.nodeid,
+            index,
+            outcome,
+            error,
+            time.perf_counter() - started,
+            record=context.close() if context else None,
+            sources_used=sorted(context.sources_used) if context else [],
+            environment=runtime_snapshot() if index == 0 else {},
+        )
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Any:
+        last = len(self.specs) - 1
+        judged_here = (
+            not self.subprocess and is_repro_item(item) and self.replica_index(item) == last
+        )
+        error = ""
+        try:
+            result = yield  # in subprocess mode pytest_pyfunc_call replaced the body
+        except Exception:  # the last replica raised: judged like any replica (skips pass through)
+            if not judged_here:
+                raise
+            import traceback
+
+            error, result = traceback.format_exc(limit=-8), None
+        if judged_here:
+            started = item.stash.get(started_key, time.perf_counter())
+            last_result = self._inprocess_result(item, last, [], started)
+            if error:
+                last_result.outcome, last_result.error = "failed", error
+            self._keep(item.nodeid, last_result)
+            self._judge(item, self._inprocess_results.pop(item.nodeid, []))
+        return result
+
+    # --- verdicts
+    def _judge(self, item: pytest.Item, results: Iterable[ReplicaResult]) -> None:
+        verdict = self.pipeline.decide(case_for(item, self.options), results)
+        self.report.verdicts.append(render(verdict))
+        item.user_properties.append(("repro_verdict", verdict.status))
+        item.user_properties.append(("repro_seed", str(verdict.seed)))
+        if verdict.first_divergence():
+            item.user_properties.append(("repro_first_divergence", verdict.first_divergence()))
+        if verdict.status == SKIPPED:
+            pytest.skip(f"skipped in the replicas: {verdict.error}")
+        if verdict.failed:
+            raise ReproFailure(failure_message(verdict))
+
+    # --- summary and reports
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.report.verdicts:
+            return
+        terminalreporter.section("repro summary")
+        for line, markup in summary_lines(self.report.verdicts, self.base_seed):
+            terminalreporter.write_line(line, **markup)
+        for path in self._unused_baselines():
+            terminalreporter.write_line(
+                f"unused baseline (no collected test uses it; delete it if the test is gone): "
+                f"{_shown(path, self.config)}",
+                yellow=True,
+            )
+        self.report.footer(terminalreporter)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        for spill in self._spills.values():
+            spill.close()
+        if getattr(self.config, "cache", None) is not None:
+            self.config.cache.set(CACHE_KEY, self.base_seed)
+        workeroutput = getattr(self.config, "workeroutput", None)
+        if workeroutput is not None:  # an xdist worker: the controller reports for everyone
+            workeroutput["repro_verdicts"] = [v.to_json() for v in self.report.verdicts]
+            used = self.gate.used if self.gate else set()
+            workeroutput["repro_baselines_used"] = sorted(map(str, used))
+            return
+        if self.report.verdicts:
+            write_step_summary(self.report.verdicts)
+        if self.report.verdicts and self.options.report_dir is not None:
+            self.report.write_files(
+                self.options.report_dir, self.session_info(), self.config.rootpath
+            )
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        """xdist controller: gather the verdicts each worker judged."""
+        output = getattr(node, "workeroutput", {}) or {}
+        self.report.verdicts.extend(
+            RenderedVerdict.from_json(v) for v in output.get("repro_verdicts", [])
+        )
+        if self.gate is not None:
+            self.gate.used.update(Path(p) for p in output.get("repro_baselines_used", []))
+
+    def _unused_baselines(self) -> list[Path]:
+        """Like syrupy's unused snapshots -- only when whole files were collected unfiltered."""
+        from repro_check.orchestration.baseline import find_unused
+
+        option = self.config.option
+        filtered = (
+            getattr(option, "keyword", "")
+            or getattr(option, "markexpr", "")
+            or any("::" in str(arg) for arg in self.config.args)
+        )
+        if filtered or self.gate is None or not self.gate.used:
+            return []
+        return find_unused({p.parent for p in self.gate.used}, self.gate.used)
+
+    def session_info(self) -> dict[str, Any]:
+        args = self.config.invocation_params.args
+        return {
+            "command": " ".join(["pytest", *map(shlex.quote, args)]),
+            "base_seed": self.base_seed,
+            "runs": self.options.runs,
+            "mode": self.options.mode,
+            "deterministic": self.options.deterministic,
+            "replicas": [spec.to_json() for spec in self.specs],
+            "environment": runtime_summary(),
+            "environment_file": "environment.json",
+        }
+
+    def pytest_unconfigure(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        self._restore_determinism()
+        self.launcher.close()
+
+
+def _shown(path: Path, config: pytest.Config) -> str:
+    import os
+
+    return os.path.relpath(path, config.invocation_params.dir)

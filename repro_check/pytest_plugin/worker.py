@@ -1,0 +1,191 @@
+"""Inside a replica process (``--repro-worker=SPEC``): run the listed tests once per assigned
+run and stream one result line per (test, run) to the channel file the parent reads."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from repro_check.core.atomic import read_json
+from repro_check.core.record import MetricRecorder, Recorder, RunRecord
+from repro_check.core.spill import SpillWriter
+from repro_check.orchestration.executor import append_channel
+from repro_check.orchestration.investigation import WHOLE_RUN
+from repro_check.orchestration.launcher import WORKER_SCHEMA, slug
+from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, RunSpec
+from repro_check.pytest_plugin.items import case_for, context_key, run_key
+from repro_check.pytest_plugin.options import Options
+from repro_check.pytest_plugin.seeded import SeededSession, maybe_deterministic
+
+
+@dataclass
+class ParentChain:
+    """Stands in for ``nextitem`` so that only the item's own (function-scoped) fixtures are
+    torn down between in-process replicas; module and session fixtures stay."""
+
+    chain: list[Any] = field(default_factory=list)
+
+    def listchain(self) -> list[Any]:
+        return self.chain
+
+
+def apply_backend(backend: Any) -> Callable[[], None]:
+    """Switch thread count / deterministic mode for one sweep run; returns the undo."""
+    if not backend:
+        return lambda: None
+    import torch
+
+    threads = torch.get_num_threads()
+    if "threads" in backend:
+        torch.set_num_threads(int(backend["threads"]))
+    undo_deterministic = maybe_deterministic(bool(backend.get("deterministic")))
+
+    def restore() -> None:
+        undo_deterministic()
+        torch.set_num_threads(threads)
+
+    return restore
+
+
+class WorkerSession(SeededSession):
+    """Inside a replica process: run each listed test once per assigned run, and stream one
+    result line per (test, run) to the channel file.
+
+    A replica worker has one run; a sensitivity worker has many (one per perturbed seed plan),
+    so ``import torch`` and collection are paid once per process, not once per run.
+    """
+
+    def __init__(self, config: pytest.Config, spec_path: Path, options: Options) -> None:
+        spec = read_json(spec_path, schema=WORKER_SCHEMA, max_version=1)
+        self.config = config
+        self.options = options
+        self.spec = ReplicaSpec.from_json(spec["replica"])
+        self.base_seed = int(spec["base_seed"])
+        self.nodeids = set(spec["nodeids"])
+        self.channel = spec["channel"]
+        self.runs = [RunSpec.from_json(run) for run in spec["runs"]]
+        #: (test, run id) pairs already finished by an earlier, interrupted sweep.
+        self.skip = {(str(n), str(r)) for n, r in spec.get("skip", [])}
+        self.metrics_only = bool(spec.get("metrics_only", False))
+        self.spill = SpillWriter(spec["spill_path"], int(spec["spill_bytes"]))
+        maybe_deterministic(bool(spec.get("deterministic", False)))
+        if self.spec.num_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.spec.num_threads)
+
+    def perturbations(self, item: pytest.Item) -> dict[str, int]:
+        return dict(item.stash[run_key].perturbations)
+
+    def bitflip(self, item: pytest.Item) -> int | None:
+        return item.stash[run_key].bitflip
+
+    def trace(self, item: pytest.Item) -> Any:
+        """The run's own trace window, else -- for a replica of a test that allows known
+        nondeterminism, which is expected to diverge -- the whole run: the parent can then
+        name the op from these traces without rerunning anything."""
+        trace = item.stash[run_key].trace
+        if trace or self.metrics_only or not case_for(item, self.options).allowed:
+            return trace
+        return {
+            "start_after": None,
+            "stop_at": WHOLE_RUN,
+            "path": str(Path(self.channel).parent / f"trace-{slug(item.nodeid)}.jsonl"),
+        }
+
+    def replica_index(self, item: pytest.Item) -> int:
+        return self.spec.index
+
+    def make_recorder(self, item: pytest.Item) -> Recorder | MetricRecorder | None:
+        return MetricRecorder() if self.metrics_only else Recorder(self.spill)
+
+    def pytest_collection_modifyitems(
+        self, config: pytest.Config, items: list[pytest.Item]
+    ) -> None:
+        def wanted(item: pytest.Item) -> bool:
+            return item.nodeid in self.nodeids and any(
+                (item.nodeid, run.run_id) not in self.skip for run in self.runs
+            )
+
+        keep = [item for item in items if wanted(item)]
+        dropped = [item for item in items if not wanted(item)]
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+        from _pytest.runner import runtestprotocol
+
+        keep_parents = ParentChain(item.listchain()[:-1])
+        runs = [run for run in self.runs if (item.nodeid, run.run_id) not in self.skip]
+        for position, run in enumerate(runs):
+            item.stash[run_key] = run
+            last = position == len(runs) - 1
+            started = time.perf_counter()
+            restore = apply_backend(run.backend)
+            try:
+                reports = runtestprotocol(
+                    item, log=False, nextitem=nextitem if last else keep_parents
+                )  # type: ignore[arg-type]
+            finally:
+                restore()
+            context = item.stash.get(context_key, None)
+            outcome, error = outcome_of(reports)
+            record = context.close() if context else None
+            result = ReplicaResult(
+                item.nodeid,
+                self.spec.index,
+                outcome,
+                error,
+                time.perf_counter() - started,
+                record=record if isinstance(record, RunRecord) else None,
+                sources_used=sorted(context.sources_used) if context else [],
+                environment={} if self.metrics_only else runtime_snapshot(),
+                run_id=run.run_id,
+                metrics=record if isinstance(record, dict) else {},
+                predictions=context.predictions if context else None,
+                run_info={
+                    **(context.run_info if context else {}),
+                    **({"backend": dict(run.backend)} if run.backend else {}),
+                },
+            )
+            append_channel(self.channel, result.to_json())
+        return True
+
+    def pytest_unconfigure(self) -> None:
+        self.spill.close()
+
+
+def outcome_of(reports: list[pytest.TestReport]) -> tuple[str, str]:
+    for report in reports:
+        if report.failed:
+            return "failed", f"[{report.when}] {report.longreprtext}"
+    for report in reports:
+        if report.skipped:
+            reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else ""
+            return "skipped", str(reason)
+    return "passed", ""
+
+
+def runtime_snapshot() -> dict[str, Any]:
+    """The environment snapshot of this process (packages left out: they are in the report's
+    environment.json, and listing them costs more than a training step)."""
+    from repro_check import environment
+
+    return environment.capture(include_packages=False)
+
+
+def runtime_summary(snapshot: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What decides the numbers of this process, in brief, with the full snapshot's hash."""
+    from repro_check import environment
+
+    snapshot = snapshot or runtime_snapshot()
+    summary = environment.summary(snapshot)
+    summary["env_vars"] = snapshot.get("env_vars", {})
+    summary["snapshot_hash"] = environment.snapshot_hash(snapshot)
+    return summary
