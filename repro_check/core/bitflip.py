@@ -9,17 +9,22 @@ index, so every run is reproducible.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 from repro_check.core.seeding import derive_seed
 
-if TYPE_CHECKING:
-    from repro_check.core.context import RunContext
 
-
-def arm(context: RunContext, index: int) -> None:
+def arm(
+    seed: int,
+    index: int,
+    run_info: dict[str, Any],
+    add_cleanup: Callable[[Callable[[], None]], None],
+) -> None:
+    """Install the nudge for run ``index`` of a test with root ``seed``; what was nudged goes
+    into ``run_info["bitflip"]``; ``add_cleanup`` receives the hook's removal."""
     import torch
 
     handle = None
@@ -30,9 +35,9 @@ def arm(context: RunContext, index: int) -> None:
             (n, p) for n, p in module.named_parameters() if p.is_floating_point() and p.numel() > 0
         ]
         if not parameters:
-            context.run_info["bitflip"] = "no floating-point parameter to nudge"
+            run_info["bitflip"] = "no floating-point parameter to nudge"
             return
-        rng = np.random.default_rng(derive_seed(context.seed, "bitflip", index))
+        rng = np.random.default_rng(derive_seed(seed, "bitflip", index))
         sizes = np.array([p.numel() for _, p in parameters], dtype=np.float64)
         which = int(rng.choice(len(parameters), p=sizes / sizes.sum()))
         name, parameter = parameters[which]
@@ -42,7 +47,7 @@ def arm(context: RunContext, index: int) -> None:
             before = flat[element].clone()
             flat[element] = torch.nextafter(before, torch.tensor(float("inf"), dtype=before.dtype))
             after = float(flat[element])
-        context.run_info["bitflip"] = {
+        run_info["bitflip"] = {
             "parameter": name,
             "element": element,
             "before": float(before),
@@ -50,4 +55,4 @@ def arm(context: RunContext, index: int) -> None:
         }
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(nudge)
-    context.add_cleanup(handle.remove)  # never leak into the next test of the worker
+    add_cleanup(handle.remove)  # never leak into the next test of the worker

@@ -17,8 +17,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from repro_check.orchestration.verdict import ALLOWED, TestVerdict
-
 BOUND_NAMES = ("atol", "rtol")
 _INI_LINE = re.compile(r"^(aten::[\w.]+)\s*:\s*(.*)$")
 _ASSIGNMENT = re.compile(r"([A-Za-z_]+)\s*=\s*(\S+)")
@@ -161,31 +159,3 @@ def merge(ini: list[Allowance], marker: list[Allowance]) -> tuple[Allowance, ...
 def allowance_atol(allowances: Iterable[Allowance], default: float) -> float:
     """The largest absolute bound any allowance states (the default when none does)."""
     return max([default, *(a.atol for a in allowances if a.atol is not None)])
-
-
-def apply_allowance(verdict: TestVerdict, default_atol: float) -> None:
-    """Pass a divergence localised to an allowed op when the replicas agree within the stated
-    tolerance; otherwise say (in the notes) why the allowance did not apply."""
-    from repro_check.core.compare import within_tolerance
-
-    loc = verdict.localization
-    op = loc.op if loc else ""
-    matched = next((a for a in verdict.allowed if a.covers(op or "")), None)
-    if loc is None or loc.kind != "nondeterministic-op" or matched is None:
-        found = f"{loc.kind} {op or ''}".strip() if loc else "not localised"
-        verdict.notes.append(
-            f"allowed nondeterminism ({', '.join(a.op for a in verdict.allowed)}) does not "
-            f"cover this divergence (localised: {found})"
-        )
-        return
-    atol = matched.atol if matched.atol is not None else default_atol
-    rtol = matched.rtol if matched.rtol is not None else 0.0
-    reference, other = verdict.reference, verdict.other
-    if reference is None or other is None or reference.record is None or other.record is None:
-        return
-    check = within_tolerance(reference.record, other.record, atol, rtol)
-    if check.within:
-        verdict.status = ALLOWED
-        verdict.notes.append(f"allowed: {matched.op} ({matched.describe()}); {check.message}")
-    else:
-        verdict.notes.append(f"{matched.op} is allowed ({matched.describe()}), but {check.message}")

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from repro_check.core.seeding import root_seed_for_test
-from repro_check.orchestration.allowance import apply_allowance
 from repro_check.orchestration.case import Case, SessionSettings
 from repro_check.orchestration.gate import BaselineGate
 from repro_check.orchestration.investigation import (
@@ -100,3 +99,31 @@ class VerdictPipeline:
                     {"seed": seed, "base_seed": self.settings.base_seed, "replica_spec": spec},
                 )
             yield result
+
+
+def apply_allowance(verdict: TestVerdict, default_atol: float) -> None:
+    """Pass a divergence localised to an allowed op when the replicas agree within the stated
+    tolerance; otherwise say (in the notes) why the allowance did not apply."""
+    from repro_check.core.compare import within_tolerance
+
+    loc = verdict.localization
+    op = loc.op if loc else ""
+    matched = next((a for a in verdict.allowed if a.covers(op or "")), None)
+    if loc is None or loc.kind != "nondeterministic-op" or matched is None:
+        found = f"{loc.kind} {op or ''}".strip() if loc else "not localised"
+        verdict.notes.append(
+            f"allowed nondeterminism ({', '.join(a.op for a in verdict.allowed)}) does not "
+            f"cover this divergence (localised: {found})"
+        )
+        return
+    atol = matched.atol if matched.atol is not None else default_atol
+    rtol = matched.rtol if matched.rtol is not None else 0.0
+    reference, other = verdict.reference, verdict.other
+    if reference is None or other is None or reference.record is None or other.record is None:
+        return
+    check = within_tolerance(reference.record, other.record, atol, rtol)
+    if check.within:
+        verdict.status = ALLOWED
+        verdict.notes.append(f"allowed: {matched.op} ({matched.describe()}); {check.message}")
+    else:
+        verdict.notes.append(f"{matched.op} is allowed ({matched.describe()}), but {check.message}")
