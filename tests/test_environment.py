@@ -1,4 +1,7 @@
-"""Environment snapshots: capture, secrets, diff, CLI exit codes, git, NVML, requirements."""
+"""Environment snapshots: capture, probes (each field guarded), secrets, git, NVML, diff basics.
+
+The relevance policy is in test_env_relevance.py, the command line in test_env_cli.py, pinned
+requirements in test_env_requirements.py."""
 
 from __future__ import annotations
 
@@ -13,10 +16,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from env_helpers import drop_controlled, full_snapshot
 
-from repro_check import cli
-from repro_check.core import environment as env
-from repro_check.core.atomic import StoredFileError
+from repro_check import environment as env
+from repro_check.environment.probes.nvml import visible_devices
 
 SECTIONS = (
     "host",
@@ -35,38 +38,15 @@ SECTIONS = (
     "env_vars",
 )
 
-# Variables the tests set themselves; removed from the baseline so results do not depend on the
-# shell the tests run from.
-CONTROLLED = ("ATEN_CPU_CAPABILITY", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "MKL_CBWR")
-
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in CONTROLLED:
-        monkeypatch.delenv(name, raising=False)
+    drop_controlled(monkeypatch)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def snapshot() -> dict:
-    return env.capture(include_packages=True)
-
-
-def _subprocess_env(**extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if k not in CONTROLLED}
-    base.update(extra)
-    return base
-
-
-def _cli(args: list[str], cwd: Path, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "repro_check.cli", *args],
-        cwd=cwd,
-        env=_subprocess_env(**extra),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return full_snapshot()
 
 
 # ------------------------------------------------------------------------------------ capture
@@ -118,7 +98,7 @@ def test_capture_without_packages_is_fast() -> None:
 
 
 def test_importing_the_module_does_not_import_torch() -> None:
-    code = "import sys, repro_check.core.environment; print('torch' in sys.modules)"
+    code = "import sys, repro_check.environment, repro_check.commands.env; print('torch' in sys.modules)"
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
     )
@@ -228,34 +208,6 @@ def test_not_captured_sections_are_not_compared(snapshot: dict) -> None:
     assert not [d for d in env.diff(snapshot, lean) if d.path.startswith("packages")]
 
 
-@pytest.mark.parametrize(
-    ("path", "relevant"),
-    [
-        ("torch.version", True),
-        ("cpu.capability", True),
-        ("threads.torch_num_threads", True),
-        ("determinism.cudnn.benchmark", True),
-        ("env_vars.CUBLAS_WORKSPACE_CONFIG", True),
-        ("env_vars.TORCHINDUCTOR_CACHE_DIR", False),
-        ("cuda.cudnn.loaded_version", True),
-        ("gpus.driver_version", True),
-        ("gpus.devices[0].name", True),
-        ("gpus.devices[1].clocks.sm_mhz", False),
-        ("packages.numpy.version", True),
-        ("packages.nvidia-cublas-cu12.version", True),
-        ("packages.nvidia-ml-py.version", False),
-        ("packages.requests.version", False),
-        ("blas.numpy.blas.name", True),
-        ("host.hostname", False),
-        ("git.commit", False),
-        ("python.version", True),
-        ("python.executable", False),
-    ],
-)
-def test_relevance_table(path: str, relevant: bool) -> None:
-    assert env.is_relevant(path) is relevant
-
-
 def test_summary_and_render_text(snapshot: dict) -> None:
     small = env.summary(snapshot)
     assert small["torch"] == torch.__version__
@@ -265,97 +217,6 @@ def test_summary_and_render_text(snapshot: dict) -> None:
     for title in ("[cpu]", "[threads]", "[torch]", "[determinism flags]", "[gpus]", "[git]"):
         assert title in text
     assert torch.__version__ in text
-
-
-# ------------------------------------------------------------------------------ CLI, real runs
-
-
-def test_cli_env_diff_between_two_real_processes(tmp_path: Path) -> None:
-    first = _cli(["env", "-o", "a.json"], tmp_path)
-    assert first.returncode == 0, first.stderr
-    second = _cli(
-        ["env", "-o", "b.json"], tmp_path, ATEN_CPU_CAPABILITY="default", OMP_NUM_THREADS="1"
-    )
-    assert second.returncode == 0, second.stderr
-
-    result = _cli(["env", "diff", "a.json", "b.json"], tmp_path)
-    assert result.returncode == 1, result.stdout + result.stderr
-    out = result.stdout
-    assert "env_vars.ATEN_CPU_CAPABILITY: (unset) -> default" in out
-    assert "env_vars.OMP_NUM_THREADS: (unset) -> 1" in out
-    a = env.load(tmp_path / "a.json")
-    capability = a["cpu"]["capability"]
-    if capability != "DEFAULT":  # e.g. "cpu.capability: AVX2 -> DEFAULT"
-        assert f"cpu.capability: {capability} -> DEFAULT" in out
-    threads = a["threads"]["torch_num_threads"]
-    if threads > 1:
-        assert f"threads.torch_num_threads: {threads} -> 1" in out
-    assert "relevant differences" in out.splitlines()[1]
-
-
-def test_cli_env_diff_of_a_file_with_itself(
-    tmp_path: Path, snapshot: dict, capsys: pytest.CaptureFixture[str]
-) -> None:
-    env.save(snapshot, tmp_path / "a.json")
-    assert cli.main(["env", "diff", str(tmp_path / "a.json"), str(tmp_path / "a.json")]) == 0
-    assert "no differences" in capsys.readouterr().out
-
-
-def test_cli_env_check_against_this_machine(tmp_path: Path) -> None:
-    assert _cli(["env", "-o", "a.json", "--no-packages"], tmp_path).returncode == 0
-    same = _cli(["env", "check", "a.json", "--relevant-only"], tmp_path)
-    assert same.returncode == 0, same.stdout + same.stderr
-    changed = _cli(["env", "check", "a.json"], tmp_path, PYTHONHASHSEED="123")
-    assert changed.returncode == 1
-    assert "env_vars.PYTHONHASHSEED: (unset) -> 123" in changed.stdout
-
-
-def _bad_files(tmp_path: Path, good: dict) -> dict[str, tuple[Path, str]]:
-    text = json.dumps(good)
-    truncated = tmp_path / "truncated.json"
-    truncated.write_text(text[: len(text) // 2])
-    garbage = tmp_path / "garbage.json"
-    garbage.write_bytes(b"\x00\xff\x13 not json")
-    newer = tmp_path / "newer.json"
-    newer.write_text(json.dumps({**good, "schema_version": env.SCHEMA_VERSION + 1}))
-    other = tmp_path / "other.json"
-    other.write_text(json.dumps({"schema": "repro-check/baseline", "schema_version": 1}))
-    return {
-        "truncated": (truncated, "corrupt or truncated"),
-        "garbage": (garbage, "corrupt or truncated"),
-        "newer": (newer, "newer than this repro-check understands"),
-        "other": (other, "expected a 'repro-check/environment' document"),
-        "missing": (tmp_path / "missing.json", "no such file"),
-    }
-
-
-@pytest.mark.parametrize("kind", ["truncated", "garbage", "newer", "other", "missing"])
-def test_cli_bad_input_exits_2_with_a_clear_message(
-    kind: str, tmp_path: Path, snapshot: dict, capsys: pytest.CaptureFixture[str]
-) -> None:
-    good = tmp_path / "good.json"
-    env.save(snapshot, good)
-    bad, message = _bad_files(tmp_path, snapshot)[kind]
-    for argv in (
-        ["env", "diff", str(good), str(bad)],
-        ["env", "check", str(bad)],
-        ["env", "requirements", str(bad)],
-    ):
-        assert cli.main(argv) == 2
-        err = capsys.readouterr().err
-        assert err.startswith("repro-check: error: "), err
-        assert message in err
-        assert "Traceback" not in err
-    with pytest.raises(StoredFileError, match=message.split()[0]):
-        env.load(bad)
-
-
-def test_cli_bad_input_in_a_real_process_has_no_traceback(tmp_path: Path) -> None:
-    (tmp_path / "broken.json").write_text('{"schema": "repro-check/environment", "schema_')
-    result = _cli(["env", "diff", "broken.json", "broken.json"], tmp_path)
-    assert result.returncode == 2
-    assert result.stderr.startswith("repro-check: error: broken.json: not valid JSON")
-    assert "Traceback" not in result.stderr
 
 
 # ---------------------------------------------------------------------------------------- git
@@ -432,91 +293,13 @@ def test_cuda_visible_devices_mapping() -> None:
         {"index": 0, "uuid": "GPU-aaaa-1111", "name": "A"},
         {"index": 1, "uuid": "GPU-bbbb-2222", "name": "B"},
     ]
-    uuids = lambda cvd: [v["uuid"] for v in env._visible_devices(cvd, devices)]  # noqa: E731
+    uuids = lambda cvd: [v["uuid"] for v in visible_devices(cvd, devices)]  # noqa: E731
     assert uuids(None) == ["GPU-aaaa-1111", "GPU-bbbb-2222"]
     assert uuids("1,0") == ["GPU-bbbb-2222", "GPU-aaaa-1111"]
     assert uuids("GPU-bbbb") == ["GPU-bbbb-2222"]
     assert uuids("0,7,1") == ["GPU-aaaa-1111"]  # CUDA stops at the first invalid entry
     assert uuids("-1") == []
     assert uuids("") == []
-
-
-# ------------------------------------------------------------------------------- requirements
-
-
-def test_requirements_pin_torch_with_its_index(snapshot: dict, tmp_path: Path) -> None:
-    text = env.requirements(snapshot)
-    assert f"torch=={torch.__version__}\n" in text
-    assert "torch==2.13.0" in text or not torch.__version__.startswith("2.13.0")
-    index = env.torch_index_url(torch.__version__)
-    if index:
-        assert f"--extra-index-url {index}\n" in text
-    if torch.__version__.endswith("+cpu"):
-        assert "--extra-index-url https://download.pytorch.org/whl/cpu\n" in text
-    assert "\npip==" not in text
-
-    env.save(snapshot, tmp_path / "s.json")
-    argv = ["env", "requirements", str(tmp_path / "s.json"), "-o", str(tmp_path / "req.txt")]
-    assert cli.main(argv) == 0
-    assert (tmp_path / "req.txt").read_text() == text
-
-
-def test_requirements_for_vcs_editable_and_archive_installs(snapshot: dict) -> None:
-    snap = copy.deepcopy(snapshot)
-    snap["packages"] = {
-        "torch": {"name": "torch", "version": "2.5.1+cu121"},
-        "mylib": {
-            "name": "mylib",
-            "version": "0.3",
-            "url": "https://github.com/org/mylib.git",
-            "vcs": "git",
-            "commit_id": "abc123",
-        },
-        "myproj": {
-            "name": "myproj",
-            "version": "0.1",
-            "url": "file:///src/myproj",
-            "editable": True,
-        },
-        "wheelpkg": {
-            "name": "wheelpkg",
-            "version": "1.0",
-            "url": "https://example.com/wheelpkg-1.0-py3-none-any.whl",
-            "archive_hash": "sha256=deadbeef",
-        },
-    }
-    text = env.requirements(snap)
-    lines = text.splitlines()
-    assert "--extra-index-url https://download.pytorch.org/whl/cu121" in lines
-    assert "torch==2.5.1+cu121" in lines
-    assert "mylib @ git+https://github.com/org/mylib.git@abc123" in lines
-    assert any(line.startswith("# editable: myproj==0.1") for line in lines)
-    assert "wheelpkg @ https://example.com/wheelpkg-1.0-py3-none-any.whl#sha256=deadbeef" in lines
-
-
-@pytest.mark.parametrize(
-    ("version", "url"),
-    [
-        ("2.13.0+cpu", "https://download.pytorch.org/whl/cpu"),
-        ("2.5.1+cu121", "https://download.pytorch.org/whl/cu121"),
-        ("2.5.1+rocm6.2", "https://download.pytorch.org/whl/rocm6.2"),
-        ("2.5.1", None),
-        ("2.5.1+gitabc", None),
-    ],
-)
-def test_torch_index_url(version: str, url: str | None) -> None:
-    assert env.torch_index_url(version) == url
-
-
-def test_requirements_need_a_package_list(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    lean = env.capture(include_packages=False)
-    with pytest.raises(StoredFileError, match="no package list"):
-        env.requirements(lean)
-    env.save(lean, tmp_path / "lean.json")
-    assert cli.main(["env", "requirements", str(tmp_path / "lean.json")]) == 2
-    assert "no package list" in capsys.readouterr().err
 
 
 class _FakeNVML:
