@@ -440,7 +440,7 @@ def test_find_mismatch_speaks_assert_close_words_with_tolerances():
 
 
 def test_find_mismatch_is_bitwise_without_tolerances_and_names_labels():
-    found = find_mismatch([1.0, 2.0, 3.0], [1.0, 2.5, 3.0], labels=["min", "max", "norm"])
+    found = find_mismatch([1.0, 2.0, 3.0], [1.0, 2.5, 3.0], labels=["in min", "in max", "in norm"])
     assert found.mismatched == 1
     assert "Greatest absolute difference: 0.5 in max (2.0 vs 2.5)" in found.lines()
     assert not any("allowed" in line for line in found.lines())  # equality: no tolerance shown

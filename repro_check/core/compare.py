@@ -4,8 +4,12 @@
 or keys, or a dtype/shape change, is a *structural* mismatch and is reported first (the runs did
 different things). Otherwise the first step and key whose fingerprints differ is the *first
 divergence*; when both replicas spilled the tensor, :func:`tensor_diff` gives the element-level
-detail in the style of ``torch.testing.assert_close`` and the growth table shows how the
-difference evolves over the later steps.
+detail and the growth table shows how the difference evolves over the later steps.
+
+:class:`Mismatch` (built by :func:`find_mismatch`) is the one mismatch formatter, in
+``torch.testing.assert_close``'s words, for replica diffs, allowance checks
+(:func:`within_tolerance`) and baseline deltas. The float64 rule
+(:func:`~repro_check.core.fp64_rule.judge_against_fp64`) is imported here with its multipliers.
 """
 
 from __future__ import annotations
@@ -16,11 +20,44 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from repro_check.core.fp64_rule import (  # the float64 rule lives beside; imported from here
+    FP64_FLOOR_EPS,
+    FP64_MULTIPLIER,
+    FP64_MULTIPLIER_FEW,
+    FP64_MULTIPLIER_HALF,
+    FP64_MULTIPLIER_SCALAR,
+    Fp64Judgement,
+    fp64_multiplier,
+    judge_against_fp64,
+)
 from repro_check.core.record import Entry, RunRecord
 from repro_check.core.spill import read_spilled
 
 if TYPE_CHECKING:
     import torch
+
+__all__ = [
+    "FP64_FLOOR_EPS",
+    "FP64_MULTIPLIER",
+    "FP64_MULTIPLIER_FEW",
+    "FP64_MULTIPLIER_HALF",
+    "FP64_MULTIPLIER_SCALAR",
+    "GROWTH_ROWS",
+    "Comparison",
+    "Divergence",
+    "Fp64Judgement",
+    "GrowthRow",
+    "Mismatch",
+    "StructuralMismatch",
+    "TensorDiff",
+    "ToleranceCheck",
+    "compare_runs",
+    "find_mismatch",
+    "fp64_multiplier",
+    "judge_against_fp64",
+    "tensor_diff",
+    "within_tolerance",
+]
 
 #: Rows of the growth table (first rows, then evenly spaced up to the last step).
 GROWTH_ROWS = 8
@@ -107,7 +144,7 @@ def _format_index(index: tuple[int, ...]) -> str:
 
 
 def _location(index: tuple[int, ...] | str) -> str:
-    return f"in {index}" if isinstance(index, str) else f"at index {_format_index(index)}"
+    return index if isinstance(index, str) else f"at index {_format_index(index)}"
 
 
 def find_mismatch(
@@ -118,6 +155,7 @@ def find_mismatch(
     rtol: float = 0.0,
     shape: tuple[int, ...] | None = None,
     labels: Sequence[str] | None = None,
+    scale: Any = None,
     differs: np.ndarray | None = None,
     noun: str = "elements",
 ) -> Mismatch:
@@ -125,7 +163,9 @@ def find_mismatch(
 
     An element mismatches when not ``|other - reference| <= atol + rtol * |reference|``
     (assert_close's rule, NaN equal to NaN), or, when ``differs`` is given (the bitwise mask of a
-    replica diff), where it says. Indices are unravelled into ``shape``, or named by ``labels``.
+    replica diff), where it says. ``scale`` replaces ``|reference|`` as the magnitude ``rtol``
+    applies to (statistics such as a mean near zero are held to the data's RMS). Indices are
+    unravelled into ``shape``, or given by ``labels`` (location phrases: ``"in norm"``).
     """
     a = np.asarray(reference).reshape(-1)
     b = np.asarray(other).reshape(-1)
@@ -145,7 +185,8 @@ def find_mismatch(
             bad = np.asarray(differs, dtype=bool).reshape(-1)
             diff[~bad] = 0.0
         else:
-            bad = ~((diff == 0) | (diff <= atol + rtol * np.abs(a)))  # 0 * inf is NaN
+            size = np.abs(a) if scale is None else np.asarray(scale, dtype=np.float64)
+            bad = ~((diff == 0) | (diff <= atol + rtol * size))  # 0 * inf is NaN
         rel = np.where(diff == 0, 0.0, diff / np.abs(a))
     i_abs = int(np.argmax(diff))
     i_rel = int(np.argmax(np.nan_to_num(rel, nan=np.inf)))
@@ -493,139 +534,3 @@ def within_tolerance(
         + (f" at step {worst.worst_step}, {worst.worst_key}" if worst.worst_key else "")
     )
     return worst
-
-
-# ------------------------------------------------------------------------- the float64 rule
-
-#: Multipliers of the float64 rule (see :func:`judge_against_fp64`), as in PyTorch's inductor
-#: accuracy checker ``torch._dynamo.utils.same(..., fp64_ref=...)``.
-FP64_MULTIPLIER = 2.0  # 1000 or more float32 numbers
-FP64_MULTIPLIER_HALF = 3.0  # 1000 or more float16/bfloat16 numbers
-FP64_MULTIPLIER_FEW = 3.0  # 11 to 999 numbers
-FP64_MULTIPLIER_SCALAR = 10.0  # 10 numbers or fewer
-#: The floor, in units of the compared dtype's machine epsilon at the float64 record's RMS.
-FP64_FLOOR_EPS = 4.0
-_EPS = {
-    "float64": float(np.finfo(np.float64).eps),
-    "float32": float(np.finfo(np.float32).eps),
-    "float16": float(np.finfo(np.float16).eps),
-    "bfloat16": 2.0**-7,
-}
-
-
-@dataclass(frozen=True)
-class Fp64Judgement:
-    """The verdict of the float64 rule and the numbers it rests on."""
-
-    agrees: bool
-    ref_error: float  # RMSE of the float32 reference against the float64 record
-    candidate_error: float  # RMSE of the candidate against the float64 record
-    allowed: float  # multiplier * ref_error + floor
-    multiplier: float
-    floor: float  # absolute (already scaled by the float64 record's RMS)
-    compared: int  # numbers compared (finite in all three)
-    reason: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "agrees": self.agrees,
-            "ref_error": _json_float(self.ref_error),
-            "candidate_error": _json_float(self.candidate_error),
-            "allowed": _json_float(self.allowed),
-            "multiplier": self.multiplier,
-            "floor": _json_float(self.floor),
-            "compared": self.compared,
-            "reason": self.reason,
-        }
-
-
-def fp64_multiplier(count: int, dtype: str = "float32") -> float:
-    """The default multiplier for ``count`` compared numbers of ``dtype`` (see the constants)."""
-    if count <= 10:
-        return FP64_MULTIPLIER_SCALAR
-    if count < 1000:
-        return FP64_MULTIPLIER_FEW
-    return FP64_MULTIPLIER_HALF if dtype in ("float16", "bfloat16") else FP64_MULTIPLIER
-
-
-def judge_against_fp64(
-    ref32: Any,
-    candidate: Any,
-    fp64: Any,
-    *,
-    multiplier: float | None = None,
-    floor: float | None = None,
-    dtype: str = "float32",
-) -> Fp64Judgement:
-    """Does ``candidate`` agree with the reference run as well as floating point allows?
-
-    The rule of PyTorch's inductor accuracy checker (``torch._dynamo.utils.same`` with
-    ``fp64_ref``): a fixed ``atol``/``rtol`` is too loose for 1e-6 weights and too tight for 1e6
-    activations, so the yardstick is the reference's *own* rounding error instead. With the same
-    computation run once in float64 (``fp64``, the closest thing to the exact result) and once in
-    the reference's precision (``ref32``)::
-
-        agrees  <=>  rmse(candidate, fp64) <= multiplier * rmse(ref32, fp64) + floor
-
-    Another order of reduction (threads, ISA, BLAS, GPU) gives an error of the same size as the
-    reference's, so it passes; a real numerical bug (a wrong epsilon, a x1.01 scale, a dropped
-    term) gives an error far above float32 rounding, so it fails -- at any scale, since both
-    sides of the inequality scale with the data.
-
-    Multipliers (by the number of numbers compared, as ``same`` picks them by tensor size):
-    2 for 1000 or more float32 numbers, because two float32 runs that differ only in rounding
-    have RMS errors within a factor of about 1.5 of each other over that many elements; 3 for
-    float16/bfloat16 (``same``'s choice for AMP, whose coarser rounding false-alarmed at 2) and
-    for fewer than 1000 numbers, where noise dominates the RMS; 10 for 10 numbers or fewer
-    (``same``'s ``use_larger_multiplier_for_smaller_tensor``), where the RMS is the ratio of a
-    few random rounding errors. ``same``'s floor is ``tol / 10`` in absolute terms, which is not
-    scale-free; here it is :data:`FP64_FLOOR_EPS` machine epsilons of ``dtype`` times the float64
-    record's RMS, so that a reference that happens to round exactly (error 0) does not fail a
-    candidate one rounding away.
-
-    Inputs are equally long sequences of numbers (samples, statistics). NaN/inf: positions where
-    the float64 record or the reference is not finite are skipped (the reference cannot be held
-    to them); a candidate that is not finite where both are finite fails.
-    """
-    r = np.asarray(ref32, dtype=np.float64).reshape(-1)
-    c = np.asarray(candidate, dtype=np.float64).reshape(-1)
-    x = np.asarray(fp64, dtype=np.float64).reshape(-1)
-    if not r.size == c.size == x.size:
-        raise ValueError(
-            f"judge_against_fp64 needs equally long inputs, got {r.size}, {c.size}, {x.size}"
-        )
-    usable = np.isfinite(r) & np.isfinite(x)
-    new_nonfinite = int((usable & ~np.isfinite(c)).sum())
-    keep = usable & np.isfinite(c)
-    count = int(keep.sum())
-    chosen = multiplier if multiplier is not None else fp64_multiplier(count, dtype)
-    if count == 0:
-        rms = ref_error = candidate_error = 0.0
-    else:
-        rms = _rms(x[keep])
-        ref_error = _rms(r[keep] - x[keep])
-        candidate_error = _rms(c[keep] - x[keep])
-    eps = _EPS.get(dtype, _EPS["float32"])
-    floor_abs = (floor if floor is not None else FP64_FLOOR_EPS * eps) * rms
-    allowed = chosen * ref_error + floor_abs
-    agrees = new_nonfinite == 0 and candidate_error <= allowed
-    if new_nonfinite:
-        reason = (
-            f"{new_nonfinite} value(s) are NaN/inf where the float32 reference and the float64 "
-            f"record are finite"
-        )
-    else:
-        ratio = f"{candidate_error / ref_error:.3g}x" if ref_error else "n/a"
-        reason = (
-            f"RMS error against the float64 record {candidate_error:.3g} "
-            f"{'<=' if agrees else '>'} allowed {allowed:.3g} (= {chosen:g} x the reference's own "
-            f"error {ref_error:.3g} + floor {floor_abs:.3g}; the candidate's is {ratio} the "
-            f"reference's) over {count} values"
-        )
-    return Fp64Judgement(
-        agrees, ref_error, candidate_error, allowed, chosen, floor_abs, count, reason
-    )
-
-
-def _rms(values: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(values)))) if values.size else 0.0
