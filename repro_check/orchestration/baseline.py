@@ -1,41 +1,54 @@
 """Baselines: a committed record of what a marked test computed, to gate merges on.
 
-One small JSON file per test (schema ``repro-check/baseline``) holds, for every recorded step
-and key, the fingerprint, compact statistics (mean, std, min, max, L2 norm) and -- for tensors of
-at most :data:`EXACT_VALUES_MAX` elements -- the values themselves, plus the environment snapshot
-it was made in. A later run is compared *bitwise* when the environment is the same in every
-determinism-relevant way, and *with tolerances* (``atol``/``rtol``) against the statistics when
-it is not, because then bitwise equality cannot be expected. The result always says which mode
-was used and why.
+One small JSON file per test (schema ``repro-check/baseline``, version 2) holds, for *every*
+recorded step and key, the fingerprint and the tensor's statistics (min, max, mean and L2 norm
+over its finite elements, exact NaN/+inf/-inf counts, and a fixed sample of elements), taken
+from :attr:`Fingerprint.stats` and so independent of the spill budget; optionally the same
+statistics of a float64 run of the test (``"fp64"``), plus the environment snapshot it was made
+in. A later run is compared *bitwise* when the environment is the same in every
+determinism-relevant way, and *with tolerances* when it is not, because then bitwise equality
+cannot be expected: every step, NaN/inf counts exactly, the statistics and the sample within
+``atol``/``rtol`` -- or, when the baseline carries a float64 record, by the float64 rule
+(:func:`repro_check.core.compare.judge_against_fp64`). An entry the baseline cannot compare with
+tolerances (no statistics) fails the check with the reason, never passes. Version 1 files (values
+for tensors of at most 16 elements, statistics for eight steps) are still read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import json
 import math
-import os
 import re
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import xxhash
 
+from repro_check import environment
 from repro_check.core.atomic import StoredFileError, atomic_write_text, read_json
+from repro_check.core.compare import Mismatch, find_mismatch, judge_against_fp64
 from repro_check.core.record import Entry, RunRecord
-from repro_check.core.spill import read_spilled
+from repro_check.orchestration import baseline_schema as schema
+from repro_check.orchestration.baseline_schema import COUNT_NAMES, STAT_NAMES, number
 
 SCHEMA = "repro-check/baseline"
-SCHEMA_VERSION = 1
-EXACT_VALUES_MAX = 16
-#: Steps whose statistics are kept (evenly spaced, first and last included); every step keeps
-#: its fingerprints, so a bitwise gate still finds the first differing step.
-STAT_STEPS = 8
-STATS = ("mean", "std", "min", "max", "l2")
+SCHEMA_VERSION = 2
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-3
 BASELINE_DIRNAME = "repro_baselines"
 MAX_NAME = 120  # characters of the test name kept in a baseline's file name
+#: How to repair a baseline that is damaged or cannot support a comparison.
+UPDATE_HINT = (
+    "rewrite it with --repro-update on the reference machine (the environment the baseline "
+    "should describe) and commit it"
+)
+#: Dtypes whose values are stored at float32 precision (exactly: they are float32-representable).
+_FLOAT32_EXACT = frozenset({"float32", "float16", "bfloat16"})
 
 
 def baseline_path(rootpath: Path, nodeid: str, baseline_dir: str | None) -> Path:
@@ -53,49 +66,53 @@ def baseline_path(rootpath: Path, nodeid: str, baseline_dir: str | None) -> Path
     return rootpath / test_file.parent / BASELINE_DIRNAME / test_file.stem / f"{safe_name}.json"
 
 
-def _finite(x: float) -> float | str:
-    return x if math.isfinite(x) else repr(x)
+# ----------------------------------------------------------------------------- numbers in JSON
 
 
-def _as_float(x: float | str) -> float:
-    return float(x)
+def _element(x: float, dtype: str) -> float | int | str:
+    """A sampled element, at its dtype's precision (the shortest text that reads back exactly)."""
+    if not math.isfinite(x):
+        return repr(x)
+    if dtype in _FLOAT32_EXACT:
+        return float(str(np.float32(x)))
+    if not dtype.startswith(("float", "complex")) and abs(x) < 2**53 and x == int(x):
+        return int(x)
+    return x
 
 
-def stat_step_indices(count: int, keep: int = STAT_STEPS) -> set[int]:
-    if count <= keep:
-        return set(range(count))
-    return {round(i * (count - 1) / (keep - 1)) for i in range(keep)}
+def _read_element(x: float | int | str, dtype: str) -> float:
+    value = float(x)
+    return float(np.float32(value)) if dtype in _FLOAT32_EXACT else value
 
 
-def entry_summary(entry: Entry, *, with_stats: bool = True) -> dict[str, Any]:
-    """Fingerprint and, when asked, statistics or (small tensors) exact values of one entry."""
+# ----------------------------------------------------------------------------- writing
+
+
+def stats_json(stats: Any, dtype: str) -> dict[str, Any] | None:
+    """A :class:`TensorStats` (or anything with its fields) as stored in a baseline."""
+    if stats is None:
+        return None
+    data: dict[str, Any] = {name: number(float(getattr(stats, name))) for name in STAT_NAMES}
+    data.update({name: int(getattr(stats, name)) for name in COUNT_NAMES})
+    sample = [_element(float(v), dtype) for v in stats.sample]
+    index = [int(i) for i in stats.sample_index]
+    data["sample"] = sample
+    if index != list(range(len(sample))):  # the whole tensor (small ones) needs no index
+        data["sample_index"] = index
+    return data
+
+
+def entry_summary(entry: Entry, fp64: Entry | None = None) -> dict[str, Any]:
+    """Fingerprint and statistics of one entry (and of its float64 twin, when given)."""
     fp = entry.fingerprint
     summary: dict[str, Any] = {"digest": fp.digest, "dtype": fp.dtype, "shape": list(fp.shape)}
-    if fp.nan or fp.inf:
-        summary["nonfinite"] = [fp.nan, fp.inf]
-    if entry.spill is None or not with_stats:
-        return summary
-    import torch
-
-    tensor = read_spilled(entry.spill, fp.dtype, fp.shape)
-    if tensor.is_complex():
-        tensor = tensor.abs()
-    values = tensor.to(torch.float64).reshape(-1)
-    if values.numel() == 0:
-        return summary
-    if values.numel() <= EXACT_VALUES_MAX:
-        summary["values"] = [_finite(v) for v in values.tolist()]
-        return summary
-    finite = values[torch.isfinite(values)]
-    if finite.numel() == 0:
-        return summary
-    summary["stats"] = {
-        "mean": _finite(float(finite.mean())),
-        "std": _finite(float(finite.std(correction=0))),
-        "min": _finite(float(finite.min())),
-        "max": _finite(float(finite.max())),
-        "l2": _finite(float(finite.norm())),
-    }
+    stats = stats_json(getattr(fp, "stats", None), fp.dtype)
+    if stats is not None:
+        summary["stats"] = stats
+    if fp64 is not None and stats is not None:
+        twin = stats_json(getattr(fp64.fingerprint, "stats", None), fp64.fingerprint.dtype)
+        if twin is not None and fp64.fingerprint.shape == fp.shape:
+            summary["fp64"] = twin
     return summary
 
 
@@ -106,7 +123,12 @@ def build_baseline(
     record: RunRecord,
     snapshot: dict[str, Any],
     tolerances: tuple[float, float],
+    *,
+    fp64_record: RunRecord | None = None,
 ) -> dict[str, Any]:
+    """The baseline document of one run; ``fp64_record`` (the same test run in float64, same
+    steps and keys) makes later tolerance checks use the float64 rule."""
+    twins: dict[int, Any] = {s.step: s.entries for s in fp64_record.steps} if fp64_record else {}
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -115,25 +137,22 @@ def build_baseline(
         "base_seed": base_seed,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "tolerances": {"atol": tolerances[0], "rtol": tolerances[1]},
-        "environment": snapshot,
+        "environment": environment.for_baseline(snapshot),
         "steps": [
             {
                 "step": s.step,
                 "entries": {
-                    k: entry_summary(e, with_stats=index in stat_steps)
-                    for k, e in s.entries.items()
+                    key: entry_summary(e, twins.get(s.step, {}).get(key))
+                    for key, e in s.entries.items()
                 },
             }
-            for index, s in enumerate(record.steps)
-            for stat_steps in [stat_step_indices(len(record.steps))]
+            for s in record.steps
         ],
     }
 
 
 def dump_baseline(document: dict[str, Any]) -> str:
     """JSON with one line per recorded entry: small, and a change shows as changed lines."""
-    import json
-
     head = {k: v for k, v in document.items() if k != "steps"}
     text = json.dumps(head, indent=2, sort_keys=True, allow_nan=False)
     steps = []
@@ -146,75 +165,89 @@ def dump_baseline(document: dict[str, Any]) -> str:
     return text[:-2] + ',\n  "steps": [\n' + ",\n".join(steps) + "\n  ]\n}\n"
 
 
-def load_baseline(path: Path) -> dict[str, Any]:
-    """Read a baseline and check every entry, so a hand-edited file fails with its location."""
-    document = read_json(path, schema=SCHEMA, max_version=SCHEMA_VERSION)
-    problem = _malformed(document)
-    if problem:
+def write_baseline(path: Path, document: dict[str, Any]) -> None:
+    """Atomic, and serialised with a lock file so that concurrent writers never interleave.
+
+    A folder that cannot be written (read-only, full disk) is a :class:`StoredFileError` naming
+    the file; the lock file never outlives the call.
+    """
+    from filelock import FileLock, Timeout
+
+    lock = Path(str(path) + ".lock")
+    text = dump_baseline(document)
+    acquired = False
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock), timeout=60):
+            acquired = True
+            atomic_write_text(path, text)
+    except Timeout:
         raise StoredFileError(
-            f"{path}: {problem} (hand-edited or damaged?); regenerate it with --repro-update"
-        )
-    return document
+            f"{path}: cannot write the baseline: another process has held {lock.name} for 60 s; "
+            f"delete {lock} if no repro-check is running"
+        ) from None
+    except OSError as exc:
+        raise StoredFileError(
+            f"{path}: cannot write the baseline: {exc.strerror or exc}{_why(exc)}; make "
+            f"{path.parent} writable (or free space), then rerun with --repro-update"
+        ) from None
+    finally:
+        if acquired:  # never another process's lock
+            with contextlib.suppress(OSError):
+                lock.unlink()
 
 
-def _malformed(document: dict[str, Any]) -> str:
-    if not isinstance(document.get("environment", {}), dict):
-        return "'environment' is not an object"
-    steps = document.get("steps")
-    if not isinstance(steps, list):
-        return "'steps' is not a list"
-    for position, step in enumerate(steps):
-        if (
-            not isinstance(step, dict)
-            or not isinstance(step.get("entries"), dict)
-            or not (isinstance(step.get("step"), int))
-        ):
-            return f"steps[{position}] is not a {{'step': int, 'entries': {{...}}}} object"
-        for key, entry in step["entries"].items():
-            where = f"step {step['step']}, {key}"
-            if not isinstance(entry, dict):
-                return f"{where}: the entry is not an object"
-            shape = entry.get("shape")
-            if not (
-                isinstance(entry.get("digest"), str)
-                and isinstance(entry.get("dtype"), str)
-                and isinstance(shape, list)
-                and all(isinstance(n, int) for n in shape)
-            ):
-                return f"{where}: needs 'digest' and 'dtype' strings and a 'shape' list of ints"
-            values = entry.get("values")
-            if values is not None and (
-                not isinstance(values, list) or len(values) != math.prod(shape)
-            ):
-                return f"{where}: 'values' must list {math.prod(shape)} numbers"
-            stats = entry.get("stats")
-            if stats is not None and (not isinstance(stats, dict) or set(stats) != set(STATS)):
-                return f"{where}: 'stats' must have exactly {', '.join(STATS)}"
+def _why(exc: OSError) -> str:
+    import errno
+
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return " (the folder is read-only)"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return " (no space left on the disk)"
     return ""
 
 
-def write_baseline(path: Path, document: dict[str, Any]) -> None:
-    """Atomic, and serialised with a lock file so that concurrent writers never interleave."""
-    from filelock import FileLock
+# ----------------------------------------------------------------------------- reading
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=60):
-        atomic_write_text(path, dump_baseline(document))
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    """Read and check every field of a baseline, so that a hand-edited or damaged file fails
+    with its name and the field, never deep inside the comparison. Version 1 files are
+    converted to the version 2 layout in memory (``schema_version`` still says 1)."""
     try:
-        os.unlink(str(path) + ".lock")
-    except OSError:
-        pass
+        document = read_json(path, schema=SCHEMA, max_version=SCHEMA_VERSION)
+    except RecursionError:
+        raise StoredFileError(
+            f"{path}: nested too deeply to be a baseline (hand-edited or damaged?); {UPDATE_HINT}"
+        ) from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        if isinstance(exc, StoredFileError):
+            raise
+        raise StoredFileError(
+            f"{path}: not a usable baseline ({exc}; hand-edited or damaged?); {UPDATE_HINT}"
+        ) from None
+    try:
+        schema.validate(document)
+    except schema.SchemaError as exc:
+        raise StoredFileError(f"{path}: {exc} (hand-edited or damaged?); {UPDATE_HINT}") from None
+    if document["schema_version"] < 2:
+        schema.upgrade_v1(document)
+    return document
+
+
+# ----------------------------------------------------------------------------- checking
 
 
 @dataclass
 class BaselineCheck:
     """The outcome of comparing a run with its baseline."""
 
-    status: str  # "match" | "mismatch" | "structural"
+    status: str  # "match" | "mismatch" | "structural" | "steps" | "unsupported"
     mode: str  # "bitwise" | "tolerance"
-    reason: str  # why this mode
+    reason: str  # why this mode (and, in tolerance mode, by which rule)
     env_differences: list[str] = field(default_factory=list)
     seed_note: str = ""  # set when the run's seed is not the baseline's
+    steps_note: str = ""  # set when the run and the baseline recorded different steps
     step: int | None = None
     key: str | None = None
     lines: list[str] = field(default_factory=list)
@@ -223,12 +256,17 @@ class BaselineCheck:
     def failed(self) -> bool:
         return self.status != "match"
 
+    def reason_lines(self) -> list[str]:
+        """Why this mode: the reason, then one line per relevant environment difference."""
+        return [self.reason, *(f"  {d}" for d in self.env_differences)]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "status": self.status,
             "mode": self.mode,
             "reason": self.reason,
             "seed_note": self.seed_note,
+            "steps_note": self.steps_note,
             "env_differences": self.env_differences,
             "step": self.step,
             "key": self.key,
@@ -240,8 +278,6 @@ def relevant_env_differences(
     before: dict[str, Any], after: dict[str, Any]
 ) -> tuple[list[str], list[str]]:
     """(determinism-relevant differences, all differences), formatted one per line."""
-    from repro_check.core import environment
-
     differences = environment.diff(before, after)
     return [str(d) for d in differences if d.relevant], [str(d) for d in differences]
 
@@ -255,20 +291,33 @@ def check_baseline(
     *,
     allowed_nondeterminism: str = "",
     seed: int | None = None,
+    steps_overridden: bool = False,
 ) -> BaselineCheck:
+    """Compare a run with a loaded baseline (see the module docstring for the rules).
+
+    ``steps_overridden`` says the run's step count was chosen on the command line
+    (``--repro-steps``): then a run whose steps the baseline all holds passes on the steps it
+    has; otherwise a different step count fails, saying so (and whether the common steps agree).
+    """
     relevant, _ = relevant_env_differences(baseline.get("environment", {}), snapshot)
+    has_fp64 = any("fp64" in e for s in baseline["steps"] for e in s["entries"].values())
+    rule = (
+        "judged by the float64 rule against the baseline's float64 record (atol="
+        f"{atol:g}, rtol={rtol:g} for entries without one)"
+        if has_fp64
+        else f"compared with atol={atol:g}, rtol={rtol:g}"
+    )
     if allowed_nondeterminism:
         mode = "tolerance"
         reason = (
             f"the test allows nondeterminism ({allowed_nondeterminism}), so its bits vary "
-            f"between runs; compared with atol={atol:g}, rtol={rtol:g}"
+            f"between runs; {rule}"
         )
     elif relevant:
         mode = "tolerance"
         reason = (
             f"the environment differs from the baseline's in {len(relevant)} "
-            f"determinism-relevant way(s), so bitwise equality cannot be expected; "
-            f"compared with atol={atol:g}, rtol={rtol:g}"
+            f"determinism-relevant way(s), so bitwise equality cannot be expected; {rule}"
         )
     else:
         mode = "bitwise"
@@ -280,120 +329,219 @@ def check_baseline(
             f"(--repro-seed={baseline.get('base_seed')}), this run uses {seed}; rerun with "
             f"--repro-seed={baseline.get('base_seed')} to compare like with like"
         )
-    base_steps = baseline["steps"]
+    base_steps = {s["step"]: s["entries"] for s in baseline["steps"]}
     now_steps = [s.step for s in record.steps]
-    if [s["step"] for s in base_steps] != now_steps:
-        check.status = "structural"
-        check.lines.append(
-            f"the baseline has {len(base_steps)} recorded steps, this run {len(now_steps)} "
-            f"(baseline steps {_span([s['step'] for s in base_steps])}, now {_span(now_steps)})"
+    common = [s for s in record.steps if s.step in base_steps]
+    if list(base_steps) != now_steps:
+        check.steps_note = (
+            f"the step counts differ (baseline {len(base_steps)} steps "
+            f"{_span(list(base_steps))}, this run {len(now_steps)} {_span(now_steps)}); "
+            + (f"compared the {len(common)} common steps" if common else "no step in common")
         )
-        return check
-    for base_step, step in zip(base_steps, record.steps, strict=True):
-        base_entries = base_step["entries"]
-        missing = [k for k in base_entries if k not in step.entries]
-        extra = [k for k in step.entries if k not in base_entries]
-        if missing or extra:
-            check.status, check.step = "structural", step.step
-            check.key = (missing or extra)[0]
-            check.lines.append(
-                f"step {step.step}: keys only in the baseline: {missing[:5]}; only now: {extra[:5]}"
-            )
-            return check
-        for key, entry in step.entries.items():
-            base = base_entries[key]
-            fp = entry.fingerprint
-            if base["dtype"] != fp.dtype or tuple(base["shape"]) != fp.shape:
-                check.status, check.step, check.key = "structural", step.step, key
-                check.lines.append(
-                    f"step {step.step}, {key}: baseline {base['dtype']}{tuple(base['shape'])}, "
-                    f"now {fp.dtype}{fp.shape}"
-                )
-                return check
-            if base["digest"] == fp.digest:
-                continue
-            now = entry_summary(entry, with_stats="stats" in base or "values" in base)
-            if mode == "bitwise":
-                check.status, check.step, check.key = "mismatch", step.step, key
-                check.lines.append(
-                    f"first difference: step {step.step}, {key} "
-                    f"({fp.dtype}, shape {fp.shape}) is no longer bitwise equal"
-                )
-                check.lines.extend(_describe_delta(base, now, atol, rtol, show_all=True))
-                return check
-            violations = _describe_delta(base, now, atol, rtol, show_all=False)
-            if violations:
-                check.status, check.step, check.key = "mismatch", step.step, key
-                check.lines.append(
-                    f"first difference beyond tolerance: step {step.step}, {key} "
-                    f"({fp.dtype}, shape {fp.shape})"
-                )
-                check.lines.extend(violations)
-                return check
+    differs = any(
+        _check_step(check, base_steps[s.step], s.step, s.entries, atol, rtol) for s in common
+    )
+    if check.steps_note and differs:
+        check.lines.append(check.steps_note)
+    elif check.steps_note and not (
+        steps_overridden and common and set(now_steps) <= base_steps.keys()
+    ):
+        check.status = "steps" if common else "structural"
+        agree = "bitwise" if mode == "bitwise" else "within the tolerance"
+        check.lines.append(
+            check.steps_note
+            + (f", and they agree {agree}" if common else "")
+            + " (--repro-steps, or a change to the test's steps=, changes the count; "
+            "accept a new count with --repro-update)"
+        )
     return check
 
 
-def _span(steps: list[int]) -> str:
+def _span(steps: Sequence[int]) -> str:
     return f"{steps[0]}..{steps[-1]}" if steps else "(none)"
 
 
-def _describe_delta(
-    base: dict[str, Any], now: dict[str, Any], atol: float, rtol: float, *, show_all: bool
+def _check_step(
+    check: BaselineCheck,
+    base_entries: dict[str, Any],
+    step: int,
+    entries: dict[str, Entry],
+    atol: float,
+    rtol: float,
+) -> bool:
+    """Compare one step; on the first difference fill ``check`` and return True."""
+    missing = [k for k in base_entries if k not in entries]
+    extra = [k for k in entries if k not in base_entries]
+    if missing or extra:
+        check.status, check.step, check.key = "structural", step, (missing or extra)[0]
+        check.lines.append(
+            f"step {step}: keys only in the baseline: {missing[:5]}; only now: {extra[:5]}"
+        )
+        return True
+    for key, entry in entries.items():
+        base, fp = base_entries[key], entry.fingerprint
+        where = f"step {step}, {key} ({fp.dtype}, shape {fp.shape})"
+        if base["dtype"] != fp.dtype or tuple(base["shape"]) != fp.shape:
+            check.status, check.step, check.key = "structural", step, key
+            check.lines.append(
+                f"step {step}, {key}: baseline {base['dtype']}{tuple(base['shape'])}, "
+                f"now {fp.dtype}{fp.shape}"
+            )
+            return True
+        if base["digest"] == fp.digest:
+            continue
+        now = stats_json(getattr(fp, "stats", None), fp.dtype)
+        if check.mode == "bitwise":
+            check.status, check.step, check.key = "mismatch", step, key
+            check.lines.append(f"first difference: {where} is no longer bitwise equal")
+            check.lines.extend(_describe(base, now, fp, 0.0, 0.0))
+            return True
+        unsupported = _unsupported(base, now, fp.dtype)
+        if unsupported:
+            check.status, check.step, check.key = "unsupported", step, key
+            check.lines.append(f"cannot compare {where} with tolerances: {unsupported}")
+            return True
+        problems = _describe(base, now, fp, atol, rtol, violations_only=True)
+        if problems:
+            check.status, check.step, check.key = "mismatch", step, key
+            check.lines.append(f"first difference beyond tolerance: {where}")
+            check.lines.extend(problems)
+            return True
+    return False
+
+
+def _unsupported(base: dict[str, Any], now: dict[str, Any] | None, dtype: str) -> str:
+    """Why this entry cannot be compared with tolerances ('' when it can)."""
+    if "stats" not in base:
+        return (
+            "the baseline holds only its fingerprint, no statistics (repro-check before "
+            f"schema 2 kept statistics for a few steps only); {UPDATE_HINT}"
+        )
+    if now is None:
+        return f"this run kept no statistics for it (dtype {dtype})"
+    stored = _sample_index(base["stats"])
+    if stored and stored != _sample_index(now):
+        return (
+            "the baseline sampled other elements than this repro-check samples (written by "
+            f"another version); {UPDATE_HINT}"
+        )
+    return ""
+
+
+def _describe(
+    base: dict[str, Any],
+    now: dict[str, Any] | None,
+    fp: Any,
+    atol: float,
+    rtol: float,
+    *,
+    violations_only: bool = False,
 ) -> list[str]:
-    """Lines describing how ``now`` differs from ``base``; only violations unless show_all."""
-    lines = []
-    if "values" in base and "values" not in now and not show_all:
-        return [
-            "    cannot compare with tolerances: this run kept no raw values for it (the "
-            "spill budget was exhausted); raise --repro-spill-mb"
-        ]
-    if "values" in base and "values" in now:
-        worst = None
-        for index, (b, n) in enumerate(zip(base["values"], now["values"], strict=True)):
-            b, n = _as_float(b), _as_float(n)
-            if math.isnan(b) and math.isnan(n):
-                continue
-            diff = abs(n - b)
-            allowed = atol + rtol * abs(b)
-            if (math.isnan(diff) or diff > allowed or show_all) and (
-                worst is None or not diff <= worst[1]
-            ):
-                worst = (index, diff, b, n, allowed)
-        if worst is not None and (show_all or not worst[1] <= worst[4]):
-            index, diff, b, n, allowed = worst
-            lines.append(
-                f"    element {index}: baseline {b!r}, now {n!r} (|diff| {diff:.3g}, "
-                f"allowed {allowed:.3g})"
-            )
+    """How an entry differs from its baseline: NaN/inf counts, the float64 rule when the
+    baseline has a float64 record, else statistics and sampled elements within atol/rtol
+    (every difference, or only violations)."""
+    dtype, shape, stats = fp.dtype, fp.shape, base.get("stats")
+    if stats is None or now is None:
+        return [f"    fingerprint {base['digest']} -> {fp.digest}; no statistics to show"]
+    lines = _count_lines(stats, now)
+    if "fp64" in base and violations_only:
+        judged = judge_against_fp64(
+            _vector(stats, dtype, shape),
+            _vector(now, dtype, shape),
+            _vector(base["fp64"], "float64", shape),
+            dtype=dtype,
+        )
+        if not judged.agrees:
+            lines.append(f"    float64 rule: {judged.reason}")
         return lines
-    base_stats, now_stats = base.get("stats"), now.get("stats")
-    if base_stats and not now_stats and not show_all:
-        return [
-            "    cannot compare with tolerances: this run kept no raw values for it (the "
-            "spill budget was exhausted); raise --repro-spill-mb"
-        ]
-    if not base_stats or not now_stats:
-        if show_all:
-            lines.append(
-                f"    fingerprint {base['digest']} -> {now['digest']} (statistics are kept "
-                f"for {STAT_STEPS} evenly spaced steps only)"
-            )
-        return lines
-    numel = math.prod(base["shape"]) or 1
-    # A statistic's scale is the tensor's RMS: a mean near zero is not held to a tolerance
-    # relative to itself (which would be ~0), but to the magnitude of the values it averages.
-    rms = _as_float(base_stats["l2"]) / math.sqrt(numel)
-    for name in STATS:
-        b, n = _as_float(base_stats[name]), _as_float(now_stats[name])
-        diff = abs(n - b)
-        scale = abs(b) if name == "l2" else max(abs(b), rms)
-        allowed = atol + rtol * scale
-        if show_all or not diff <= allowed:
-            lines.append(
-                f"    {name}: baseline {b:.9g}, now {n:.9g} (|diff| {diff:.3g}, "
-                f"allowed {allowed:.3g})"
-            )
+    for found in _mismatches(stats, now, dtype, shape, atol, rtol):
+        if found.mismatched:
+            lines.extend(found.lines("    "))
+    if not lines and not violations_only:
+        lines.append(
+            f"    its statistics and {len(stats['sample'])} sampled elements are unchanged: the "
+            "change is in elements the baseline does not sample"
+        )
     return lines
+
+
+def _count_lines(stats: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """NaN/inf counts are compared exactly: a NaN appearing is never within a tolerance."""
+    if "inf" in stats:  # version 1: +inf and -inf together
+        before = (stats["nan"], stats["inf"])
+        after = (now["nan"], now["posinf"] + now["neginf"])
+        names = ("NaN", "inf")
+    else:
+        before = tuple(stats[n] for n in COUNT_NAMES)
+        after = tuple(now[n] for n in COUNT_NAMES)
+        names = ("NaN", "+inf", "-inf")
+    if before == after:
+        return []
+    show = ", ".join(f"{n} {b} -> {a}" for n, b, a in zip(names, before, after, strict=True))
+    return [f"    non-finite counts differ: {show}"]
+
+
+def _sample_index(stats: dict[str, Any]) -> list[int]:
+    return stats.get("sample_index", list(range(len(stats["sample"]))))
+
+
+def _stat_values(stats: dict[str, Any]) -> list[float]:
+    return [float(stats[name]) for name in STAT_NAMES]
+
+
+def _sample_values(stats: dict[str, Any], dtype: str) -> list[float]:
+    return [_read_element(v, dtype) for v in stats["sample"]]
+
+
+def _vector(stats: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> list[float]:
+    """Sample and statistics on the elements' scale (the norm as an RMS), for the float64 rule."""
+    finite = max(math.prod(shape) - sum(int(stats.get(n, 0)) for n in (*COUNT_NAMES, "inf")), 1)
+    values = _stat_values(stats)
+    values[3] /= math.sqrt(finite)
+    return _sample_values(stats, dtype) + values
+
+
+def _mismatches(
+    stats: dict[str, Any],
+    now: dict[str, Any],
+    dtype: str,
+    shape: tuple[int, ...],
+    atol: float,
+    rtol: float,
+) -> Iterator[Mismatch]:
+    """Statistics, then sampled elements, each in assert_close's words.
+
+    A statistic's ``rtol`` scale is the tensor's RMS (the norm's own size for the norm): a
+    mean near zero is held to the magnitude of the values it averages, not to ~0.
+    """
+    base_stats, now_stats = _stat_values(stats), _stat_values(now)
+    numel = max(math.prod(shape), 1)
+    rms = abs(base_stats[3]) / math.sqrt(numel) if math.isfinite(base_stats[3]) else 0.0
+    scale = [max(abs(v), rms) if math.isfinite(v) else rms for v in base_stats[:3]]
+    yield find_mismatch(
+        base_stats,
+        now_stats,
+        atol=atol,
+        rtol=rtol,
+        labels=[f"in {name}" for name in STAT_NAMES],
+        scale=[*scale, abs(base_stats[3])],
+        noun="statistics",
+    )
+    index = _sample_index(stats)
+    if index and index == _sample_index(now):
+        yield find_mismatch(
+            _sample_values(stats, dtype),
+            _sample_values(now, dtype),
+            atol=atol,
+            rtol=rtol,
+            labels=[f"at index {_unravel(i, shape)}" for i in index],
+            noun="sampled elements",
+        )
+
+
+def _unravel(flat: int, shape: tuple[int, ...]) -> str:
+    index = tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
+    return "(" + ", ".join(map(str, index)) + ")"
 
 
 def find_unused(folders: set[Path], used: set[Path]) -> list[Path]:

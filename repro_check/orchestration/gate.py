@@ -29,6 +29,8 @@ class BaselineGate:
     invocation_dir: Path
     baseline_dir: str = ""
     update: bool = False
+    #: --repro-steps chose the step count: a shorter run is checked on the steps it has.
+    steps_overridden: bool = False
     #: Every baseline file a test of this session used (for the "unused baseline" notice).
     used: set[Path] = field(default_factory=set)
 
@@ -59,7 +61,12 @@ class BaselineGate:
                 snapshot,
                 (case.atol, case.rtol),
             )
-            bl.write_baseline(path, document)
+            try:
+                bl.write_baseline(path, document)
+            except StoredFileError as exc:  # read-only folder, full disk
+                verdict.status = BASELINE_MISMATCH
+                verdict.baseline = BaselineOutcome(shown, "unwritable", error=str(exc))
+                return
             verdict.baseline = BaselineOutcome(shown, "written")
             return
         if not path.exists():
@@ -81,6 +88,7 @@ class BaselineGate:
             case.rtol,
             allowed_nondeterminism=", ".join(a.op for a in verdict.allowed) if allowed else "",
             seed=verdict.seed,
+            steps_overridden=self.steps_overridden,
         )
         verdict.baseline = BaselineOutcome(shown, "checked", document.get("created"), check=check)
         if check.failed:

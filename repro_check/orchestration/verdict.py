@@ -71,14 +71,15 @@ class BaselineOutcome:
     """What the baseline stage did with a test: wrote, left, missed, or checked its baseline."""
 
     path: str  # as shown to the user (relative to the invocation folder)
-    action: str  # "written" | "unchanged" | "missing" | "unreadable" | "checked"
+    action: str  # "written" | "unchanged" | "missing" | "unreadable" | "unwritable" | "checked"
     created: str | None = None
     error: str = ""
     check: Any = None  # orchestration.baseline.BaselineCheck when action == "checked"
 
     @property
     def failed(self) -> bool:
-        return self.action in ("missing", "unreadable") or bool(self.check and self.check.failed)
+        failing = ("missing", "unreadable", "unwritable")
+        return self.action in failing or bool(self.check and self.check.failed)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"path": self.path, "action": self.action}

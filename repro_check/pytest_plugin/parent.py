@@ -104,6 +104,7 @@ class ParentSession(SeededSession):
                 config.invocation_params.dir,
                 options.baseline_dir,
                 update=options.update,
+                steps_overridden=config.getoption("repro_steps") is not None,
             )
             if options.baseline != "off"
             else None

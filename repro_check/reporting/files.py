@@ -50,6 +50,14 @@ def markdown_report(verdicts: Sequence[RenderedVerdict], document: dict[str, Any
         lines += ["## Environment", ""]
         lines += [f"- {key}: {value}" for key, value in environment.items()]
         lines.append("")
+    tolerance = [v for v in verdicts if (v.json.get("baseline") or {}).get("mode") == "tolerance"]
+    if tolerance:  # why each was not compared bit for bit: one line per relevant difference
+        lines += ["## Baselines compared with tolerances", ""]
+        for v in tolerance:
+            b = v.json["baseline"]
+            lines.append(f"- `{v.json['nodeid']}`: {b.get('status')} -- {b.get('reason')}")
+            lines += [f"  - {d}" for d in b.get("env_differences") or []]
+        lines.append("")
     failures = [v for v in verdicts if v.failure]
     if failures:
         lines += ["## Failures", ""]

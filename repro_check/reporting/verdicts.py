@@ -103,24 +103,30 @@ def failure_message(verdict: TestVerdict) -> str:
 def _baseline_lines(head: str, verdict: TestVerdict) -> list[str]:
     b = verdict.baseline
     assert b is not None
+    if b.action == "unwritable":
+        return [f"{head}: the baseline {b.path} cannot be written:", f"  {b.error}"]
     if b.action == "unreadable" or b.check is None:
         return [f"{head}: the baseline {b.path} cannot be used:", f"  {b.error}"]
     check = b.check
+    title = {
+        "steps": f"{head} recorded other steps than its baseline",
+        "unsupported": f"{head}: its baseline cannot support this comparison",
+    }.get(check.status, f"{head} no longer matches its baseline")
     lines = [
-        f"{head} no longer matches its baseline",
+        title,
         f"  baseline: {b.path} (created {b.created}); the replicas agree with each other",
         f"  comparison: {check.mode} -- {check.reason}",
     ]
-    lines += ["  " + line.strip() if not line.startswith("    ") else line for line in check.lines]
     differences = check.env_differences or []
-    if check.seed_note:
-        lines.append("  " + check.seed_note)
-    if differences:
+    if differences:  # why this mode: one line per relevant difference
         lines.append("  environment changes since the baseline (determinism-relevant):")
         lines += [f"    {d}" for d in differences[:12]]
         if len(differences) > 12:
             lines.append(f"    ... and {len(differences) - 12} more (repro-check env diff)")
-    elif not check.seed_note:
+    lines += ["  " + line.strip() if not line.startswith("    ") else line for line in check.lines]
+    if check.seed_note:
+        lines.append("  " + check.seed_note)
+    elif not differences and check.status in ("mismatch", "structural") and not check.steps_note:
         lines.append(
             "  environment: unchanged in every determinism-relevant way, so the code or "
             "the data changed the numbers"
