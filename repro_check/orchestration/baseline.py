@@ -20,18 +20,17 @@ import contextlib
 import datetime as _dt
 import json
 import math
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import xxhash
 
 from repro_check import environment
 from repro_check.core.atomic import StoredFileError, atomic_write_text, read_json
 from repro_check.core.compare import Mismatch, find_mismatch, judge_against_fp64
+from repro_check.core.paths import test_path
 from repro_check.core.record import Entry, RunRecord
 from repro_check.orchestration import baseline_schema as schema
 from repro_check.orchestration.baseline_schema import COUNT_NAMES, STAT_NAMES, number
@@ -41,7 +40,6 @@ SCHEMA_VERSION = 2
 DEFAULT_ATOL = 1e-5
 DEFAULT_RTOL = 1e-3
 BASELINE_DIRNAME = "repro_baselines"
-MAX_NAME = 120  # characters of the test name kept in a baseline's file name
 #: How to repair a baseline that is damaged or cannot support a comparison.
 UPDATE_HINT = (
     "rewrite it with --repro-update on the reference machine (the environment the baseline "
@@ -54,16 +52,13 @@ _FLOAT32_EXACT = frozenset({"float32", "float16", "bfloat16"})
 def baseline_path(rootpath: Path, nodeid: str, baseline_dir: str | None) -> Path:
     """``<test dir>/repro_baselines/<file stem>/<test name>.json``, or, with a configured
     folder, ``<folder>/<test path>/<test name>.json`` (both relative to the rootdir)."""
-    file_part, _, name = nodeid.partition("::")
-    safe_name = re.sub(r"[^A-Za-z0-9_.=\[\]-]+", "_", name).strip("_") or "test"
-    if safe_name != name or len(safe_name) > MAX_NAME:
-        # Cleaning can merge distinct ids (test[a b] and test[a_b]) and ids can be long: a hash
-        # of the exact id keeps every test's file its own.
-        safe_name = f"{safe_name[:MAX_NAME]}-{xxhash.xxh32_hexdigest(name.encode())}"
-    test_file = Path(file_part)
+    # One injective id-to-path rule for the project (core.paths): a test name that is not a
+    # safe file name, or is long, gets a hash of the exact id; ``..`` cannot lead out.
+    relative = test_path(nodeid)
+    file_name = f"{relative.name}.json"
     if baseline_dir:
-        return rootpath / baseline_dir / test_file.parent / test_file.stem / f"{safe_name}.json"
-    return rootpath / test_file.parent / BASELINE_DIRNAME / test_file.stem / f"{safe_name}.json"
+        return rootpath / baseline_dir / relative.parent / file_name
+    return rootpath / relative.parent.parent / BASELINE_DIRNAME / relative.parent.name / file_name
 
 
 # ----------------------------------------------------------------------------- numbers in JSON
@@ -224,7 +219,8 @@ def load_baseline(path: Path) -> dict[str, Any]:
         if isinstance(exc, StoredFileError):
             raise
         raise StoredFileError(
-            f"{path}: not a usable baseline ({exc}; hand-edited or damaged?); {UPDATE_HINT}"
+            f"{path}: not a usable baseline ({str(exc).split(';')[0]}; hand-edited or damaged?); "
+            f"{UPDATE_HINT}"
         ) from None
     try:
         schema.validate(document)

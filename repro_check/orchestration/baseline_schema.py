@@ -29,9 +29,23 @@ def number(x: float) -> float | str:
     return x if math.isfinite(x) else repr(x)
 
 
-def _require(condition: bool, where: str, what: str) -> None:
+_MISSING = object()
+
+
+def _require(condition: bool, where: str, what: str, value: Any = _MISSING) -> None:
+    """Raise ``'<field>' <what>[, not <value>]`` unless ``condition``."""
     if not condition:
-        raise SchemaError(f"{where}: {what}")
+        shown = "" if value is _MISSING else f", not {_show(value)}"
+        raise SchemaError(f"'{where}' {what}{shown}")
+
+
+def _show(value: Any) -> str:
+    """A short, safe rendering of a bad value (bounded depth and length)."""
+    import reprlib
+
+    shown = reprlib.Repr()
+    shown.maxlevel, shown.maxstring, shown.maxother, shown.maxlong = 2, 40, 40, 40
+    return shown.repr(value)
 
 
 def _is_int(x: Any, low: int = -(2**63), high: int = 2**63) -> bool:
@@ -50,23 +64,25 @@ def _is_number(x: Any) -> bool:
 
 
 def validate(document: dict[str, Any]) -> None:
+    """Check every field the gate reads; raise :class:`SchemaError` naming the first bad one."""
     for name in ("seed", "base_seed"):
         value = document.get(name)
-        _require(value is None or _is_int(value, 0, 2**64), name, "must be an integer >= 0")
+        _require(value is None or _is_int(value, 0, 2**64), name, "must be an integer >= 0", value)
     for name in ("test_id", "created"):
         value = document.get(name)
-        _require(value is None or isinstance(value, str), name, "must be a string")
+        _require(value is None or isinstance(value, str), name, "must be a string", value)
     tolerances = document.get("tolerances", {})
-    _require(isinstance(tolerances, dict), "tolerances", "must be an object")
+    _require(isinstance(tolerances, dict), "tolerances", "must be an object", tolerances)
     for name, value in tolerances.items():
         _require(
             _is_number(value) and not isinstance(value, str) and value >= 0,
             f"tolerances.{name}",
             "must be a number >= 0",
+            value,
         )
     _validate_environment(document.get("environment", {}))
     steps = document.get("steps")
-    _require(isinstance(steps, list), "steps", "is not a list")
+    _require(isinstance(steps, list), "steps", "is not a list", steps)
     previous = None
     for position, step in enumerate(steps):
         where = f"steps[{position}]"
@@ -76,24 +92,25 @@ def validate(document: dict[str, Any]) -> None:
             "is not a {'step': int, 'entries': {...}} object",
         )
         number = step.get("step")
-        _require(_is_int(number), f"{where}.step", "must be an integer")
+        _require(_is_int(number), f"{where}.step", "must be an integer", number)
         _require(
             previous is None or number > previous,
             f"{where}.step",
-            f"step {number} after step {previous}: step numbers must increase",
+            f"must be above the step before it ({previous})",
+            number,
         )
         previous = number
         for key, entry in step["entries"].items():
-            _validate_entry(entry, f"step {number}, {key}", document["schema_version"])
+            _validate_entry(entry, f"{where}.entries.{key}", document["schema_version"])
 
 
 def _validate_environment(env: Any) -> None:
     """Objects, lists, strings, bounded numbers; no deeper than :data:`MAX_DEPTH`."""
-    _require(isinstance(env, dict), "environment", "is not an object")
+    _require(isinstance(env, dict), "environment", "is not an object", env)
     stack: list[tuple[Any, str, int]] = [(env, "environment", 0)]
     while stack:
         value, where, depth = stack.pop()
-        _require(depth <= MAX_DEPTH, where, f"nested deeper than {MAX_DEPTH} levels")
+        _require(depth <= MAX_DEPTH, where, f"is nested deeper than {MAX_DEPTH} levels")
         if isinstance(value, dict):
             stack.extend((v, f"{where}.{k}", depth + 1) for k, v in value.items())
         elif isinstance(value, list):
@@ -101,22 +118,27 @@ def _validate_environment(env: Any) -> None:
         elif isinstance(value, int) and not isinstance(value, bool):
             _require(abs(value) < 2**64, where, "is an integer too large to be a setting")
         elif isinstance(value, float):
-            _require(math.isfinite(value), where, "is not a finite number")
+            _require(math.isfinite(value), where, "is not a finite number", value)
 
 
 def _validate_entry(entry: Any, where: str, version: int) -> None:
-    _require(isinstance(entry, dict), where, "the entry is not an object")
-    shape = entry.get("shape")
+    _require(isinstance(entry, dict), where, "is not an object", entry)
+    digest, dtype, shape = entry.get("digest"), entry.get("dtype"), entry.get("shape")
+    _require(isinstance(digest, str), f"{where}.digest", "must be a string", digest)
     _require(
-        isinstance(entry.get("digest"), str)
-        and isinstance(entry.get("dtype"), str)
-        and len(entry["dtype"]) <= 32
-        and isinstance(shape, list)
+        isinstance(dtype, str) and 0 < len(dtype) <= 32,
+        f"{where}.dtype",
+        "must be a dtype name",
+        dtype,
+    )
+    _require(
+        isinstance(shape, list)
         and len(shape) <= 64
         and all(_is_int(n, 0) for n in shape)
         and math.prod(shape) < 2**63,
-        where,
-        "needs 'digest' and 'dtype' strings and a 'shape' list of integers >= 0",
+        f"{where}.shape",
+        "must be a list of sizes >= 0",
+        shape,
     )
     numel = math.prod(shape)
     if version < 2:
@@ -124,30 +146,35 @@ def _validate_entry(entry: Any, where: str, version: int) -> None:
         return
     for name in ("stats", "fp64"):
         if name in entry:
-            _validate_stats(entry[name], f"{where}: '{name}'", numel)
+            _validate_stats(entry[name], f"{where}.{name}", numel)
     if "fp64" in entry:
-        _require("stats" in entry, where, "'fp64' without 'stats'")
+        _require("stats" in entry, f"{where}.fp64", "needs 'stats' beside it")
         _require(
             entry["fp64"].get("sample_index") == entry["stats"].get("sample_index")
             and len(entry["fp64"]["sample"]) == len(entry["stats"]["sample"]),
-            f"{where}: 'fp64'",
+            f"{where}.fp64",
             "must sample the same elements as 'stats'",
         )
 
 
 def _validate_stats(stats: Any, where: str, numel: int) -> None:
-    _require(isinstance(stats, dict), where, "must be an object")
+    _require(isinstance(stats, dict), where, "must be an object", stats)
     for name in STAT_NAMES:
-        _require(_is_number(stats.get(name)), f"{where}.{name}", "must be a number")
+        value = stats.get(name)
+        _require(_is_number(value), f"{where}.{name}", "must be a number", value)
     for name in COUNT_NAMES:
-        _require(_is_int(stats.get(name), 0, numel + 1), f"{where}.{name}", f"must be 0..{numel}")
+        value = stats.get(name)
+        _require(_is_int(value, 0, numel + 1), f"{where}.{name}", f"must be 0..{numel}", value)
     sample = stats.get("sample")
+    limit = min(numel, MAX_SAMPLE)
     _require(
-        isinstance(sample, list) and len(sample) <= min(numel, MAX_SAMPLE),
+        isinstance(sample, list) and len(sample) <= limit,
         f"{where}.sample",
-        f"must be a list of at most {min(numel, MAX_SAMPLE)} numbers",
+        f"must be a list of at most {limit} numbers",
+        sample,
     )
-    _require(all(_is_number(v) for v in sample), f"{where}.sample", "must hold numbers only")
+    bad = next((v for v in sample if not _is_number(v)), _MISSING)
+    _require(bad is _MISSING, f"{where}.sample", "must hold numbers only", bad)
     index = stats.get("sample_index", list(range(len(sample))))
     _require(
         isinstance(index, list)
@@ -156,6 +183,7 @@ def _validate_stats(stats: Any, where: str, numel: int) -> None:
         and len(set(index)) == len(index),
         f"{where}.sample_index",
         f"must list {len(sample)} distinct element indices below {numel}",
+        index,
     )
 
 
@@ -164,8 +192,9 @@ def _validate_v1_entry(entry: dict[str, Any], where: str, numel: int) -> None:
     _require(
         values is None
         or (isinstance(values, list) and len(values) == numel and all(map(_is_number, values))),
-        where,
-        f"'values' must list {numel} numbers",
+        f"{where}.values",
+        f"must list {numel} numbers",
+        values,
     )
     stats = entry.get("stats")
     _require(
@@ -175,16 +204,18 @@ def _validate_v1_entry(entry: dict[str, Any], where: str, numel: int) -> None:
             and set(stats) == set(_V1_STATS)
             and all(map(_is_number, stats.values()))
         ),
-        where,
-        f"'stats' must have exactly {', '.join(_V1_STATS)}",
+        f"{where}.stats",
+        f"must have exactly the numbers {', '.join(_V1_STATS)}",
+        stats,
     )
     nonfinite = entry.get("nonfinite", [0, 0])
     _require(
         isinstance(nonfinite, list)
         and len(nonfinite) == 2
         and all(_is_int(n, 0) for n in nonfinite),
-        where,
-        "'nonfinite' must be [NaN count, inf count]",
+        f"{where}.nonfinite",
+        "must be [NaN count, inf count]",
+        nonfinite,
     )
 
 
