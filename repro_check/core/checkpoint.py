@@ -65,6 +65,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     manifest = read_json(
         manifest_path(tensor_path), schema=MANIFEST_SCHEMA, max_version=MANIFEST_VERSION
     )
+    _check_manifest(manifest, manifest_path(tensor_path))
     try:
         data = tensor_path.read_bytes()
     except OSError as exc:
@@ -84,6 +85,32 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
         if actual != expected:
             raise StoredFileError(f"{tensor_path}: tensor {key!r} does not match its fingerprint")
     return tensors, manifest
+
+
+#: Manifest fields that load_checkpoint relies on, with the JSON type each must have.
+_MANIFEST_FIELDS: dict[str, tuple[type, str]] = {
+    "file_bytes": (int, "an integer (the size of the .safetensors file)"),
+    "file_xxh3": (str, "a string (the xxh3 digest of the .safetensors file)"),
+    "tensors": (dict, "an object mapping each tensor's key to its fingerprint"),
+}
+
+
+def _check_manifest(manifest: dict[str, Any], path: Path) -> None:
+    """A hand-edited or foreign manifest fails with the field named, not with a KeyError."""
+    for name, (kind, expected) in _MANIFEST_FIELDS.items():
+        value = manifest.get(name)
+        if name not in manifest or isinstance(value, bool) or not isinstance(value, kind):
+            found = "missing" if name not in manifest else f"{type(value).__name__} {value!r:.60}"
+            raise StoredFileError(
+                f"{path}: field {name!r} must be {expected}, found {found}; the manifest was "
+                f"edited or not written by repro-check -- write the checkpoint again"
+            )
+    for key, fingerprint in manifest["tensors"].items():
+        if not isinstance(fingerprint, list):
+            raise StoredFileError(
+                f"{path}: tensors[{key!r}] must be a fingerprint list, found "
+                f"{type(fingerprint).__name__}; write the checkpoint again"
+            )
 
 
 def _parse_safetensors(data: bytes, path: Path) -> dict[str, torch.Tensor]:

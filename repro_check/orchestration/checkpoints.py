@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from repro_check.core.checkpoint import save_checkpoint
+from repro_check.core.paths import inside, nodeid_path
 from repro_check.core.spill import read_spilled
 from repro_check.orchestration.replicas import ReplicaResult
 
 
+def test_folder(root: Path, nodeid: str) -> Path:
+    """``ROOT/<test file path without .py>/<test name>``: the layout of baselines, by the same
+    injective id-to-path rule (a test name that is not a safe file name gets a hash suffix)."""
+    return root / nodeid_path(nodeid)
+
+
 def checkpoint_folder(root: Path, nodeid: str, replica: int) -> Path:
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", nodeid).strip("_")
-    return root / slug / f"replica-{replica}"
+    """Where one replica's checkpoints go; refused (UnsafePathError) when a symbolic link
+    would lead the write out of ``root``."""
+    return inside(root, test_folder(root, nodeid) / f"replica-{replica}", "checkpoints")
 
 
 def save_last_step(root: Path, result: ReplicaResult, metadata: dict[str, Any]) -> Path | None:

@@ -49,9 +49,11 @@ class VerdictPipeline:
 
     def decide(self, case: Case, results: Iterable[ReplicaResult]) -> TestVerdict:
         seed = root_seed_for_test(self.settings.base_seed, case.nodeid)
+        unsaved: list[str] = []  # checkpoints that could not be written, and why
         if self.checkpoint_dir is not None:
-            results = self._saving_checkpoints(results, seed)
+            results = self._saving_checkpoints(results, seed, unsaved)
         verdict = judge(case.nodeid, seed, self.settings.base_seed, list(self.specs), results)
+        verdict.notes.extend(unsaved)
         verdict.rerun_command = self.settings.rerun_command(case)
         verdict.accept_command = self.settings.accept_command(case)
         verdict.allowed = case.allowed
@@ -83,8 +85,10 @@ class VerdictPipeline:
         return verdict
 
     def _saving_checkpoints(
-        self, results: Iterable[ReplicaResult], seed: int
+        self, results: Iterable[ReplicaResult], seed: int, unsaved: list[str]
     ) -> Iterator[ReplicaResult]:
+        from repro_check.core.atomic import StoredFileError
+        from repro_check.core.paths import UnsafePathError, is_no_space, no_space_message
         from repro_check.orchestration.checkpoints import save_last_step
 
         assert self.checkpoint_dir is not None
@@ -93,11 +97,21 @@ class VerdictPipeline:
                 spec = (
                     self.specs[result.replica].to_json() if result.replica < len(self.specs) else {}
                 )
-                save_last_step(
-                    self.checkpoint_dir,
-                    result,
-                    {"seed": seed, "base_seed": self.settings.base_seed, "replica_spec": spec},
-                )
+                try:
+                    save_last_step(
+                        self.checkpoint_dir,
+                        result,
+                        {"seed": seed, "base_seed": self.settings.base_seed, "replica_spec": spec},
+                    )
+                except (UnsafePathError, StoredFileError, OSError) as exc:
+                    reason = (
+                        no_space_message(
+                            getattr(exc, "filename", None) or self.checkpoint_dir, "a checkpoint"
+                        )
+                        if is_no_space(exc)
+                        else str(exc)
+                    )
+                    unsaved.append(f"replica {result.replica}'s checkpoint not saved: {reason}")
             yield result
 
 
