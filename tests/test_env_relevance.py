@@ -110,7 +110,6 @@ INFORMATIONAL_EDITS: list[tuple[str, Any]] = [
     ("gpus", {"status": "nvml-python-missing", "hint": "pip install repro-check[gpu]"}),
     ("gpus", {"status": "no-nvml-library", "reason": "NVML Shared Library Not Found"}),
     ("gpus", {"status": "nvml-error", "error": "NVMLError: Unknown Error"}),
-    ("gpus", {"status": "no-devices", "device_count": 0, "devices": []}),
     ("blas.threadpoolctl", [{"user_api": "blas", "internal_api": "openblas", "num_threads": 2}]),
     ("packages.nvidia-ml-py", {"name": "nvidia-ml-py", "version": "12.560.30"}),
     ("packages.requests", {"name": "requests", "version": "0.0.1"}),
@@ -175,6 +174,8 @@ def test_installing_nvml_on_a_gpu_less_machine_changes_nothing_relevant() -> Non
     )
     diffs = env.diff(without, with_library_missing)
     assert diffs and not [d for d in diffs if d.relevant]
+    no_devices = mutate(base, "gpus", {"status": "no-devices", "device_count": 0, "devices": []})
+    assert _relevant(without, no_devices) == [] and _relevant(no_devices, without) == []
     # ... and the difference is still shown, as informational.
     assert "gpus.status: nvml-python-missing -> no-nvml-library" in env.format_diff(diffs)
 
@@ -185,7 +186,7 @@ def test_a_gpu_seen_on_one_side_only_is_not_evidence() -> None:
     base = mutate(full_snapshot(), "gpus", NVML_OK)
     blind = mutate(base, "gpus", {"status": "nvml-python-missing"})
     assert _relevant(base, blind) == []
-    assert _relevant(base, mutate(blind, "cuda.device_count", 1)) == ["cuda.device_count"]
+    assert _relevant(base, mutate(blind, "cuda.device_count", 7)) == ["cuda.device_count"]
 
 
 def test_an_errored_probe_still_gates() -> None:
@@ -220,6 +221,7 @@ def test_an_errored_probe_still_gates() -> None:
         ("packages.nvidia-ml-py.version", False),
         ("packages.requests.version", False),
         ("blas.numpy.blas.name", True),
+        ("blas.threadpoolctl[0].num_threads", False),
         ("host.hostname", False),
         ("git.commit", False),
         ("python.version", True),
@@ -259,6 +261,16 @@ def test_a_baseline_snapshot_names_no_machine_and_keeps_every_relevant_field(
     assert [d.path for d in env.diff(stripped, snap) if d.path == "host"] == ["host"]
     env.save(stripped, tmp_path / "b.json")
     assert env.diff(env.load(tmp_path / "b.json"), stripped) == []
+
+
+def test_a_baseline_snapshot_keeps_the_gpu_model_not_the_card() -> None:
+    snap = mutate(full_snapshot(), "gpus", NVML_OK)
+    stripped = env.for_baseline(snap)
+    device = stripped["gpus"]["devices"][0]
+    assert device["name"] == "NVIDIA H100 80GB HBM3" and device["compute_capability"] == "9.0"
+    assert stripped["gpus"]["driver_version"] == "550.54.15"
+    assert not {"uuid", "pci_bus_id", "clocks"} & set(device)
+    assert _relevant(stripped, snap) == []
 
 
 def test_build_baseline_embeds_the_stripped_snapshot() -> None:

@@ -5,8 +5,8 @@ sets and the capability ATen dispatches to, thread counts, BLAS, determinism fla
 build and the numeric packages decide results; a difference there is *relevant* and the baseline
 gate stops expecting equal bits. Where the run happened (hostname, paths, interpreter path), the
 state of the code (git: the recorded steps already say whether the numbers moved), how long the
-capture took, and whether an optional *probe* (nvidia-ml-py, threadpoolctl) was installed are
-*informational*: they are shown, never gate anything.
+capture took, whether an optional *probe* (nvidia-ml-py) was installed, and which libraries
+the process happened to have loaded (threadpoolctl) are *informational*: they are shown, never gate anything.
 """
 
 from __future__ import annotations
@@ -56,6 +56,10 @@ RELEVANCE: tuple[tuple[str, bool], ...] = (
     ("torch", True),
     ("determinism", True),
     ("backends", True),
+    # The libraries *loaded so far* in this process (they depend on what it imported, and in
+    # which order); the BLAS builds are compared through blas.torch and blas.numpy, thread
+    # settings through threads and env_vars.
+    ("blas.threadpoolctl", False),
     ("blas", True),
     # Another card of the same model computes the same bits: identity and size are informational.
     ("cuda.devices[*].index", False),
@@ -108,7 +112,6 @@ NOT_CAPTURED = frozenset({"not-captured", "not-initialized"})
 #: difference below that section is informational.
 PROBE_BLIND: dict[str, frozenset[str]] = {
     "gpus": frozenset({"nvml-python-missing", "no-nvml-library", "nvml-error"}),
-    "blas.threadpoolctl": frozenset({"not-installed"}),
 }
 
 #: Order of sections in diffs and reports.
@@ -170,12 +173,12 @@ def section_rank(path: str) -> int:
 _PATH_RE = re.compile(r"(?:^|[\s=:;,'\"(])(?:/|~/|[A-Za-z]:[\\/]|\\\\)\S|file:", re.IGNORECASE)
 
 
-def _names_this_machine(path: str, value: Any) -> bool:
-    return (
-        path == "host"
-        or path.startswith("host.")
-        or (isinstance(value, str) and bool(_PATH_RE.search(value)))
-    )
+#: Informational fields that identify a machine or are one moment's reading, whatever their value.
+_MACHINE_KEYS = frozenset({"host", "hostname", "uuid", "pci_bus_id", "clocks", "visible"})
+
+
+def _names_this_machine(key: str, value: Any) -> bool:
+    return key in _MACHINE_KEYS or (isinstance(value, str) and bool(_PATH_RE.search(value)))
 
 
 def _strip(node: Any, path: str) -> Any:
@@ -183,7 +186,7 @@ def _strip(node: Any, path: str) -> Any:
         out = {}
         for key, value in node.items():
             child = f"{path}.{key}" if path else key
-            if not is_relevant(child) and _names_this_machine(child, value):
+            if not is_relevant(child) and _names_this_machine(key, value):
                 continue
             out[key] = _strip(value, child)
         return out
@@ -194,8 +197,9 @@ def _strip(node: Any, path: str) -> Any:
 
 def for_baseline(snapshot: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``snapshot`` fit for a committed baseline: every determinism-relevant field, and
-    only those informational fields that name no machine -- no hostname, no absolute path (the
-    interpreter, the git checkout, cache folders, local package URLs), no capture time.
+    only those informational fields that name no machine -- no hostname, no GPU UUID or PCI bus
+    id, no absolute path (the interpreter, the git checkout, cache folders, local package URLs),
+    no capture time or clock reading.
 
     Relevant fields are kept as they are, because the gate compares them. The result still loads
     as a snapshot, and diffs against a full one with informational differences only.

@@ -172,7 +172,9 @@ def threadpoolctl_info() -> Any:
     import threadpoolctl  # noqa: PLC0415
 
     keys = ("user_api", "internal_api", "prefix", "version", "num_threads", "threading_layer")
-    return [{k: pool.get(k) for k in keys} for pool in threadpoolctl.threadpool_info()]
+    pools = [{k: pool.get(k) for k in keys} for pool in threadpoolctl.threadpool_info()]
+    # threadpoolctl lists libraries in load order, which depends on what the process imported.
+    return sorted(pools, key=lambda p: tuple(str(p.get(k)) for k in keys))
 
 
 def blas_info() -> dict[str, Any]:
