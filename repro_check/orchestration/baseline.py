@@ -30,7 +30,7 @@ import numpy as np
 from repro_check import environment
 from repro_check.core.atomic import StoredFileError, atomic_write_text, read_json
 from repro_check.core.compare import Mismatch, find_mismatch, judge_against_fp64
-from repro_check.core.paths import test_path
+from repro_check.core.paths import nodeid_path
 from repro_check.core.record import Entry, RunRecord
 from repro_check.orchestration import baseline_schema as schema
 from repro_check.orchestration.baseline_schema import COUNT_NAMES, STAT_NAMES, number
@@ -54,7 +54,7 @@ def baseline_path(rootpath: Path, nodeid: str, baseline_dir: str | None) -> Path
     folder, ``<folder>/<test path>/<test name>.json`` (both relative to the rootdir)."""
     # One injective id-to-path rule for the project (core.paths): a test name that is not a
     # safe file name, or is long, gets a hash of the exact id; ``..`` cannot lead out.
-    relative = test_path(nodeid)
+    relative = nodeid_path(nodeid)
     file_name = f"{relative.name}.json"
     if baseline_dir:
         return rootpath / baseline_dir / relative.parent / file_name
@@ -244,6 +244,8 @@ class BaselineCheck:
     env_differences: list[str] = field(default_factory=list)
     seed_note: str = ""  # set when the run's seed is not the baseline's
     steps_note: str = ""  # set when the run and the baseline recorded different steps
+    compared_steps: int = 0  # steps both recorded
+    baseline_steps: int = 0
     step: int | None = None
     key: str | None = None
     lines: list[str] = field(default_factory=list)
@@ -251,6 +253,11 @@ class BaselineCheck:
     @property
     def failed(self) -> bool:
         return self.status != "match"
+
+    def cell(self) -> str:
+        """The summary's baseline cell: ``match (bitwise)``, ``match (bitwise; 10 of 30 steps)``."""
+        steps = f"; {self.compared_steps} of {self.baseline_steps} steps" if self.steps_note else ""
+        return f"{self.status} ({self.mode}{steps})"
 
     def reason_lines(self) -> list[str]:
         """Why this mode: the reason, then one line per relevant environment difference."""
@@ -263,6 +270,8 @@ class BaselineCheck:
             "reason": self.reason,
             "seed_note": self.seed_note,
             "steps_note": self.steps_note,
+            "compared_steps": self.compared_steps,
+            "baseline_steps": self.baseline_steps,
             "env_differences": self.env_differences,
             "step": self.step,
             "key": self.key,
@@ -328,6 +337,7 @@ def check_baseline(
     base_steps = {s["step"]: s["entries"] for s in baseline["steps"]}
     now_steps = [s.step for s in record.steps]
     common = [s for s in record.steps if s.step in base_steps]
+    check.compared_steps, check.baseline_steps = len(common), len(base_steps)
     if list(base_steps) != now_steps:
         check.steps_note = (
             f"the step counts differ (baseline {len(base_steps)} steps "
@@ -410,8 +420,8 @@ def _unsupported(base: dict[str, Any], now: dict[str, Any] | None, dtype: str) -
     """Why this entry cannot be compared with tolerances ('' when it can)."""
     if "stats" not in base:
         return (
-            "the baseline holds only its fingerprint, no statistics (repro-check before "
-            f"schema 2 kept statistics for a few steps only); {UPDATE_HINT}"
+            "the baseline holds only its fingerprint, no statistics (baselines before schema 2 "
+            f"kept them for a few steps, and none once the spill budget ran out); {UPDATE_HINT}"
         )
     if now is None:
         return f"this run kept no statistics for it (dtype {dtype})"
