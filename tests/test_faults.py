@@ -18,6 +18,7 @@ from repro_check.cli import main as cli_main
 from repro_check.core.checkpoint import load_checkpoint, save_checkpoint
 from repro_check.core.paths import HASH_MARK, UnsafePathError, id_to_name, inside, nodeid_path
 from repro_check.core.record import Recorder, RunRecord
+from repro_check.core.seeding import SeedPlan, root_seed_for_test
 from repro_check.core.spill import SpillWriter
 from repro_check.orchestration.case import Case, SessionSettings
 from repro_check.orchestration.checkpoints import save_last_step
@@ -156,3 +157,28 @@ def test_an_unexpected_error_is_exit_2_with_a_hint_to_report_it(monkeypatch):
     monkeypatch.setenv("REPRO_CHECK_DEBUG", "1")
     with pytest.raises(RuntimeError, match="planted bug"):
         run_cli("checkpoint", "verify", "x.safetensors")
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def test_seed_names_and_test_ids_no_longer_collide():
+    # these two names shared one 32-bit xxh32 hash, and so one seed stream
+    assert SeedPlan(5).seed_for("source_23161") != SeedPlan(5).seed_for("source_113779")
+    assert root_seed_for_test(0, "source_23161") != root_seed_for_test(0, "source_113779")
+    legacy = root_seed_for_test(0, "source_23161", scheme=1)
+    assert legacy == root_seed_for_test(0, "source_113779", scheme=1)
+
+
+def test_an_old_baseline_is_read_and_the_changed_root_seed_named(tmp_path):
+    from repro_check.orchestration.baseline import build_baseline, check_baseline
+
+    record = small_run(tmp_path, "b")
+    old_seed = root_seed_for_test(0, NODEID, scheme=1)
+    document = build_baseline(NODEID, old_seed, 0, record, {}, (1e-5, 1e-3))
+    check = check_baseline(document, record, {}, 1e-5, 1e-3, seed=root_seed_for_test(0, NODEID))
+    assert "the root seed changed" in check.seed_note and "--repro-update" in check.seed_note
+    assert "--repro-seed=0 now gives root seed" in check.seed_note
+    other_base = build_baseline(NODEID, root_seed_for_test(3, NODEID), 3, record, {}, (0, 0))
+    check = check_baseline(other_base, record, {}, 0, 0, seed=root_seed_for_test(0, NODEID))
+    assert check.seed_note.startswith("the seed differs")  # a different --repro-seed
