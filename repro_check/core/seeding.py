@@ -11,6 +11,7 @@ source changes its stream and nothing else.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,14 +29,44 @@ GLOBAL_SOURCE = "global"
 MAX_SEED = 2**63 - 1
 
 
-def _name_key(name: str) -> int:
-    return xxhash.xxh32_intdigest(name.encode("utf-8"))
+#: How names become seed-sequence words. 2: 128-bit hashes; 1 (before 2026-11): 32-bit xxh32,
+#: under which distinct names shared seeds (``source_23161`` and ``source_113779``).
+SEED_SCHEME = 2
 
 
-def root_seed_for_test(base_seed: int, test_id: str) -> int:
-    """The stable root seed of one test: a function of the base seed and the test id only."""
-    sequence = np.random.SeedSequence([base_seed & (2**64 - 1), _name_key(test_id)])
+def _name_key(name: str, scheme: int = SEED_SCHEME) -> int:
+    data = name.encode("utf-8", "surrogatepass")
+    if scheme == 1:
+        return xxhash.xxh32_intdigest(data)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest(), "little")
+
+
+def root_seed_for_test(base_seed: int, test_id: str, *, scheme: int = SEED_SCHEME) -> int:
+    """The stable root seed of one test: a function of the base seed and the test id only
+    (``scheme=1`` gives the root seed older repro-check versions derived)."""
+    sequence = np.random.SeedSequence([base_seed & (2**64 - 1), _name_key(test_id, scheme)])
     return int(sequence.generate_state(1, np.uint64)[0]) & MAX_SEED
+
+
+def legacy_seed_note(test_id: Any, base_seed: Any, recorded_seed: Any, seed: int) -> str:
+    """Why a stored root seed (a baseline's) differs from this run's when the base seed is the
+    same: the older 32-bit derivation (``""`` when that is not the reason)."""
+    if (
+        not isinstance(test_id, str)
+        or isinstance(base_seed, bool)
+        or not isinstance(base_seed, int)
+    ):
+        return ""
+    if recorded_seed != root_seed_for_test(base_seed, test_id, scheme=1):
+        return ""
+    if seed != root_seed_for_test(base_seed, test_id):
+        return ""
+    return (
+        f"the root seed changed: the baseline was recorded by an older repro-check, which "
+        f"derived seeds from 32-bit hashes of test ids and source names (distinct names could "
+        f"share a seed); --repro-seed={base_seed} now gives root seed {seed}, not "
+        f"{recorded_seed}, so every stream differs. Rewrite the baseline with --repro-update"
+    )
 
 
 def derive_seed(root_seed: int, name: str, perturbation: int = 0) -> int:

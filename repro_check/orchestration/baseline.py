@@ -32,6 +32,7 @@ from repro_check.core.atomic import StoredFileError, atomic_write_text, read_jso
 from repro_check.core.compare import Mismatch, find_mismatch, judge_against_fp64
 from repro_check.core.paths import nodeid_path
 from repro_check.core.record import Entry, RunRecord
+from repro_check.core.seeding import legacy_seed_note
 from repro_check.orchestration import baseline_schema as schema
 from repro_check.orchestration.baseline_schema import COUNT_NAMES, STAT_NAMES, number
 
@@ -329,7 +330,9 @@ def check_baseline(
         reason = "the environment matches the baseline's in every determinism-relevant way"
     check = BaselineCheck("match", mode, reason, relevant)
     if seed is not None and baseline.get("seed") not in (None, seed):
-        check.seed_note = (
+        check.seed_note = legacy_seed_note(
+            baseline.get("test_id"), baseline.get("base_seed"), baseline.get("seed"), seed
+        ) or (
             f"the seed differs: the baseline was recorded with root seed {baseline.get('seed')} "
             f"(--repro-seed={baseline.get('base_seed')}), this run uses {seed}; rerun with "
             f"--repro-seed={baseline.get('base_seed')} to compare like with like"
