@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import scipy.stats
 from repro_check.core import stats
 from repro_check.core.atomic import read_json
 from repro_check.reporting import sensitivity as sr
+from repro_check.reporting.sensitivity.latex import PREAMBLE as LATEX_PREAMBLE
 
 MLP = "tests/test_train.py::test_mlp[adam_lr=1e-3]"
 CNN = "tests/test_train.py::test_cnn"
@@ -126,19 +128,26 @@ def test_summary_equals_stats_and_scipy(analysis, runs, metric, source):
     assert row["mean"] == pytest.approx(np.mean(vals), rel=1e-12)
     assert row["std"] == pytest.approx(np.std(vals, ddof=1), rel=1e-12)
     assert row["iqm"] == pytest.approx(scipy.stats.trim_mean(vals, 0.25), rel=1e-12)
-    direct = scipy.stats.bootstrap(
-        (vals,),
-        np.mean,
-        n_resamples=2000,
-        confidence_level=0.95,
-        method="percentile",
-        rng=np.random.default_rng(0),
+    low, high = scipy.stats.t.interval(
+        0.95, vals.size - 1, loc=vals.mean(), scale=scipy.stats.sem(vals)
     )
-    assert row["ci_low"] == pytest.approx(direct.confidence_interval.low, rel=1e-12)
-    assert row["ci_high"] == pytest.approx(direct.confidence_interval.high, rel=1e-12)
+    assert (row["ci_low"], row["ci_high"], row["ci_method"]) == (
+        pytest.approx(low, rel=1e-12),
+        pytest.approx(high, rel=1e-12),
+        "t",
+    )
+    sd = stats.std_ci(vals)
+    assert (row["std_low"], row["std_high"]) == (sd.low, sd.high)
+    trimmed = stats.iqm_ci(vals)
+    assert (row["iqm_low"], row["iqm_high"]) == (trimmed.low, trimmed.high)
     all_vals = expected_values(runs, MLP, "all", metric)
     share = np.var(vals, ddof=1) / np.var(all_vals, ddof=1)
     assert row["var_share"] == pytest.approx(share, rel=1e-12)
+    f = stats.variance_ratio_ci(vals, all_vals)
+    if source == "all":
+        assert row["share_low"] == row["share_high"] == 1.0
+    else:
+        assert (row["share_low"], row["share_high"]) == (f.low, f.high)
     hw = 0.5 * np.std(all_vals, ddof=1)
     assert row["target_half_width"] == pytest.approx(hw)
     assert row["recommended_runs"] == stats.recommended_runs(row["std"], hw, method="t")
@@ -312,31 +321,38 @@ def _pair_runs(a_mean: float, b_mean: float, n: int = 20, sd: float = 0.01) -> p
 
 
 def test_compare_decisions():
-    better = sr.compare(_pair_runs(0.92, 0.90), "A", "B", "acc")
-    assert better.decision == "A better" and better.paired and better.p == 1.0
-    worse = sr.compare(_pair_runs(0.90, 0.92), "A", "B", "metric.acc")
-    assert worse.decision == "B better" and worse.p == 0.0
-    same = sr.compare(_pair_runs(0.90, 0.90), "A", "B", "acc")
-    assert same.decision == "inconclusive"
-    # lower is better: A's smaller values win once negated
-    loss = sr.compare(_pair_runs(0.10, 0.12), "A", "B", "acc", higher_is_better=False)
-    assert loss.decision == "A better"
+    better = sr.compare(_pair_runs(0.92, 0.90, n=40), "A", "B", "acc").comparison.paired
+    assert better.improvement.decision == "A better" and better.improvement.p == 1.0
+    assert better.mean_difference.low > 0
+    worse = sr.compare(_pair_runs(0.90, 0.92, n=40), "A", "B", "metric.acc")
+    assert worse.comparison.decision == "B better" and worse.comparison.primary.improvement.p == 0
+    same = sr.compare(_pair_runs(0.90, 0.90, n=40), "A", "B", "acc")
+    assert same.comparison.decision == "inconclusive"
+    # lower is better: A's smaller values win; the mean difference stays in the metric's units
+    loss = sr.compare(_pair_runs(0.10, 0.12, n=40), "A", "B", "acc", higher_is_better=False)
+    assert loss.comparison.decision == "A better"
+    assert loss.comparison.primary.mean_difference.point < 0
+
+
+def test_compare_never_names_a_winner_from_few_runs():
+    for n in (2, 3, 4, 20):
+        result = sr.compare(_pair_runs(0.95, 0.80, n=n), "A", "B", "acc")
+        imp = result.comparison.primary.improvement
+        assert imp.decision == "too few runs", n
+        assert f"run {29 - n} more" in imp.reason
 
 
 def test_compare_pairs_by_k_and_counts_exclusions():
     runs = _pair_runs(0.92, 0.90)
-    expected = stats.probability_of_improvement(
-        runs[runs.test == "A"].sort_values("k")["metric.acc"].to_numpy(),
-        runs[runs.test == "B"].sort_values("k")["metric.acc"].to_numpy(),
-        paired=True,
-        n_resamples=2000,
-    )
+    a = runs[runs.test == "A"].sort_values("k")["metric.acc"].to_numpy()
+    b = runs[runs.test == "B"].sort_values("k")["metric.acc"].to_numpy()
+    expected = stats.compare_samples(a, b)
     shuffled = runs.sample(frac=1.0, random_state=1)
     got = sr.compare(shuffled, "A", "B", "acc")
-    assert (got.p, got.ci_low, got.ci_high) == (expected.p, expected.ci_low, expected.ci_high)
+    assert got.comparison == expected and got.paired_seeds
     runs.loc[(runs.test == "A") & (runs.k == 0), "status"] = "failed"
     runs = runs[~((runs.test == "B") & (runs.k == 1))]  # k=1 only on A's side
-    partial = sr.compare(runs, "A", "B", "acc")
+    partial = sr.compare(runs, "A", "B", "acc").comparison.paired.improvement
     assert partial.n_excluded == 2 and partial.n_a == partial.n_b == 18
     with pytest.raises(KeyError, match="source"):
         sr.compare(runs, "A", "B", "acc", source="init")
@@ -381,6 +397,8 @@ def test_markdown(report_dir, analysis):
 
 
 def _check_latex_structure(tex: str) -> None:
+    """Balanced braces, math and environments; escaped text; every row as wide as its
+    tabular's column spec."""
     body = "\n".join(line for line in tex.splitlines() if not line.lstrip().startswith("%"))
     unescaped = re.sub(r"\\[\\{}$&%#_]", "", body)  # drop escaped specials
     depth = 0
@@ -400,8 +418,9 @@ def _check_latex_structure(tex: str) -> None:
     assert not stack
     outside_math = re.sub(r"\$[^$]*\$", "", unescaped)
     assert "_" not in outside_math, "unescaped underscore in text mode"
-    for row in re.findall(r"^\s*(.*)\\\\\s*$", body, flags=re.M):
-        assert row.count("&") - row.count(r"\&") == 7, row
+    for spec, table in re.findall(r"\\begin\{tabular\}\{(\w+)\}(.*?)\\end\{tabular\}", body, re.S):
+        for row in re.findall(r"^\s*(.*)\\\\\s*$", table, flags=re.M):
+            assert row.count("&") - row.count(r"\&") == len(spec) - 1, row
 
 
 def test_latex(report_dir):
@@ -421,21 +440,21 @@ def test_latex_escape():
     )
 
 
-@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex not installed")
+def test_latex_header_names_every_package_it_uses(report_dir):
+    tex = (report_dir[0] / "sensitivity.tex").read_text()
+    assert f"% Preamble: {LATEX_PREAMBLE}" in tex
+    assert "amsmath" in LATEX_PREAMBLE and "booktabs" in LATEX_PREAMBLE  # \\text, \\toprule
+
+
 def test_latex_compiles(report_dir, tmp_path):  # pragma: no cover - needs a TeX installation
+    """Compiles the generated tables with the preamble their header names. Without pdflatex
+    it skips -- unless REPRO_CHECK_REQUIRE_LATEX=1 (CI installs TeX and sets it)."""
+    if shutil.which("pdflatex") is None:
+        if os.environ.get("REPRO_CHECK_REQUIRE_LATEX") == "1":
+            pytest.fail("REPRO_CHECK_REQUIRE_LATEX=1 but pdflatex is not installed")
+        pytest.skip("pdflatex not installed")
     (tmp_path / "sensitivity.tex").write_text((report_dir[0] / "sensitivity.tex").read_text())
-    (tmp_path / "doc.tex").write_text(
-        "\\documentclass{article}\\usepackage{booktabs}\\usepackage{amsmath}"
-        "\\begin{document}\\input{sensitivity.tex}\\end{document}\n"
-    )
-    proc = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:]
+    _compile(tmp_path / "sensitivity.tex", tmp_path)
 
 
 def test_csv_round_trips(report_dir, analysis):
@@ -456,7 +475,7 @@ def _no_constants(name: str):
 def test_json(report_dir, analysis):
     path = report_dir[0] / "sensitivity.json"
     doc = json.loads(path.read_text(), parse_constant=_no_constants)
-    assert doc["schema"] == "repro-check/sensitivity" and doc["schema_version"] == 1
+    assert doc["schema"] == "repro-check/sensitivity" and doc["schema_version"] == 2
     read_json(path, schema=sr.SCHEMA, max_version=sr.SCHEMA_VERSION)
     assert [t["nodeid"] for t in doc["tests"]] == [MLP, CNN]
     mlp = doc["tests"][0]
@@ -512,3 +531,193 @@ def test_terminal_table(analysis):
     assert text.count(MLP) >= 1
     assert "warning: " in text
     assert "warning" not in sr.terminal_table(analysis, show_warnings=False)
+
+
+# ------------------------------------------------------------------------------------ variants
+
+VARIANT_A, VARIANT_B = "t.py::test_m[a]", "t.py::test_m[b]"
+
+
+def _variant_runs(n: int = 6, shift_b: float = 0.0, same_seeds: bool = True) -> pd.DataFrame:
+    """Two parametrized variants of one test; with ``same_seeds`` run k of both used the same
+    seeds, and identical code gives identical values run by run."""
+    rng = np.random.default_rng(11)
+    base = 0.8 + 0.02 * rng.standard_normal(n)
+    rows = []
+    for test, shift in ((VARIANT_A, 0.0), (VARIANT_B, shift_b)):
+        for k in range(n):
+            seed = 1000 + k if same_seeds or test == VARIANT_A else 5000 + k
+            rows.append(
+                {
+                    "test": test,
+                    "source": "all",
+                    "k": k,
+                    "status": "ok",
+                    "root_seed": 42,
+                    "metric.accuracy": base[k] + shift,
+                    "seed.init": seed,
+                    "seed.data": seed + 1,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_identical_variants_are_paired_and_equal():
+    a = sr.analyze(_variant_runs())
+    (c,) = a.comparisons
+    assert (c.test_a, c.test_b, c.paired_seeds) == (VARIANT_A, VARIANT_B, True)
+    paired = c.comparison.paired
+    assert paired.improvement.p == 0.5
+    assert paired.improvement.ci_low < 0.5 < paired.improvement.ci_high
+    assert paired.mean_difference.contains(0.0)
+    assert c.comparison.unpaired.mean_difference.contains(0.0)
+    assert paired.improvement.decision == "too few runs"
+    seeds = a.runs.set_index(["test", "k"])["seed.init"]
+    assert (seeds[VARIANT_A] == seeds[VARIANT_B]).all()
+
+
+def test_variants_with_different_seeds_are_compared_unpaired_and_say_why():
+    a = sr.analyze(_variant_runs(same_seeds=False))
+    (c,) = a.comparisons
+    assert not c.paired_seeds and c.comparison.paired is None
+    assert "seed.init differs at k=0" in c.note
+    assert any(w.kind == "unpaired-variants" for w in a.warnings)
+
+
+def test_two_runs_make_no_decision_and_say_how_many_are_needed(tmp_path):
+    a = sr.analyze(_variant_runs(n=2, shift_b=-0.1))
+    (c,) = a.comparisons
+    assert c.comparison.paired.improvement.p == 1.0
+    assert c.comparison.decision == "too few runs"
+    sr.write_report(a, tmp_path, plots=False)
+    md = (tmp_path / "sensitivity.md").read_text()
+    assert "## A vs B" in md and "the rule needs 29" in md and "run 27 more" in md
+    assert "A better" not in md.split("## A vs B")[1].split("##")[0]
+    tex = (tmp_path / "sensitivity.tex").read_text()
+    assert "none ($2 < 29$ runs)" in tex
+    _check_latex_structure(tex)
+
+
+def test_report_with_every_section_compiles_and_plots(tmp_path):
+    runs = pd.concat(
+        [
+            _variant_runs(shift_b=-0.01),
+            _variant_runs(shift_b=-0.02).assign(
+                test=lambda d: d["test"].str.replace("test_m", "test_n"), root_seed=43
+            ),
+            _crossed_runs(),
+        ],
+        ignore_index=True,
+    )
+    a = sr.analyze(runs, outcomes={VARIANT_A: {"accuracy": {"higher_is_better": True}}})
+    paths = sr.write_report(a, tmp_path)
+    names = {p.name for p in paths}
+    assert "across_tests__accuracy.png" in names
+    assert any("__vs__" in n for n in names)
+    md = (tmp_path / "sensitivity.md").read_text()
+    for section in ("## A vs B", "## Across tests (rliable)", "## Crossed design"):
+        assert section in md
+    doc = json.loads((tmp_path / "sensitivity.json").read_text())
+    assert doc["comparisons"] and doc["across_tests"] and doc["crossed"]
+    if shutil.which("pdflatex"):
+        _compile(tmp_path / "sensitivity.tex", tmp_path)
+
+
+def _compile(tex_file: Path, folder: Path) -> None:
+    (folder / "doc.tex").write_text(
+        f"\\documentclass{{article}}{LATEX_PREAMBLE}"
+        f"\\begin{{document}}\\input{{{tex_file.name}}}\\end{{document}}\n"
+    )
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+# ------------------------------------------------------------------------------------ outcomes
+
+
+def test_declared_outcomes_give_direction_noise_floor_and_wilson():
+    runs = _variant_runs().assign(**{"metric.error_rate": 0.1})
+    outcomes = {
+        VARIANT_A: {"accuracy": {"higher_is_better": True, "n_examples": 1000}},
+        VARIANT_B: {"accuracy": {"higher_is_better": True, "n_examples": 1000}},
+    }
+    a = sr.analyze(runs, outcomes=outcomes, higher_is_better={"error_rate": True})
+    row = a.row(VARIANT_A, "accuracy", "all")
+    assert row["noise_floor"] == pytest.approx(stats.binomial_noise_floor(row["mean"], 1000))
+    wilson = stats.wilson_interval(row["mean"] * 1000, 1000)
+    assert (row["wilson_low"], row["wilson_high"]) == (wilson.low, wilson.high)
+    assert a.higher_is_better["error_rate"] is True  # an explicit override wins
+    undeclared = sr.analyze(runs, outcomes={VARIANT_A: outcomes[VARIANT_A]})
+    kinds = [(w.kind, w.test) for w in undeclared.warnings]
+    assert ("undeclared-outcomes", VARIANT_B) in kinds
+    assert ("undeclared-outcomes", VARIANT_A) not in kinds
+    lower = sr.analyze(runs, outcomes={VARIANT_A: {"accuracy": {"higher_is_better": False}}})
+    assert lower.higher_is_better["accuracy"] is False
+
+
+def test_resume_notes_become_warnings():
+    a = sr.analyze(_variant_runs(), notes=["t.py::test_m[a]: 3 stored runs will be redone: x"])
+    assert [w.kind for w in a.warnings][:1] == ["resume"]
+
+
+# ------------------------------------------------------------------------------------ crossed
+
+
+def _crossed_runs(ka: int = 4, kb: int = 3) -> pd.DataFrame:
+    rng = np.random.default_rng(2)
+    rows_, cols = rng.normal(0, 0.02, ka), rng.normal(0, 0.01, kb)
+    return pd.DataFrame(
+        [
+            {
+                "test": "t.py::test_x",
+                "source": "init+data",
+                "k": i * kb + j,
+                "k_a": i,
+                "k_b": j,
+                "status": "ok",
+                "root_seed": 9,
+                "metric.accuracy": 0.8 + rows_[i] + cols[j],
+            }
+            for i in range(ka)
+            for j in range(kb)
+        ]
+    )
+
+
+def test_crossed_design_is_split_two_way_not_tabled_per_source():
+    a = sr.analyze(_crossed_runs())
+    (result,) = a.crossed
+    d = result.decomposition
+    assert (d.source_a, d.source_b, d.k_a, d.k_b) == ("init", "data", 4, 3)
+    assert d.shares["init x data"] == pytest.approx(0.0, abs=1e-9)
+    assert sum(d.shares.values()) == pytest.approx(1.0)
+    assert a.summary.empty  # the crossed runs are not a one-at-a-time source
+    broken = _crossed_runs()
+    broken.loc[0, "status"] = "failed"
+    b = sr.analyze(broken)
+    assert not b.crossed
+    assert any(w.kind == "crossed-incomplete" and "(0, 0)" in w.message for w in b.warnings)
+
+
+# ------------------------------------------------------------------------------------ revisions
+
+
+def test_compare_revisions_pairs_by_test_source_and_k():
+    before = _variant_runs(n=5)
+    after = before.assign(**{"metric.accuracy": before["metric.accuracy"] + 0.01})
+    results = sr.compare_revisions(before, after)
+    assert {(r.test_a, r.source) for r in results} == {(VARIANT_A, "all"), (VARIANT_B, "all")}
+    for r in results:
+        assert r.paired_seeds and r.comparison.paired.mean_difference.point == pytest.approx(-0.01)
+        assert r.comparison.paired.improvement.p == 0.0
+    moved = after.assign(**{"seed.init": after["seed.init"] + 1})
+    (unpaired, _) = sr.compare_revisions(before, moved)
+    assert not unpaired.paired_seeds and unpaired.comparison.paired is None
+    with pytest.raises(ValueError, match="share no test"):
+        sr.compare_revisions(before, after.assign(test=after["test"] + "_renamed"))

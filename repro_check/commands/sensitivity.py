@@ -2,13 +2,16 @@
 
 repro-check sensitivity run suites/test_seed_sensitivity.py --seeds 8 --sources init,data
 repro-check sensitivity compare reports/sensitivity/runs.csv TEST_A TEST_B --metric eval_accuracy
+repro-check sensitivity compare before/sensitivity after/sensitivity   # two revisions
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -31,14 +34,20 @@ def add_parser(subparsers: Any) -> None:
     run.set_defaults(func=run_sweep)
     compare = sub.add_parser(
         "compare",
-        help="P(A > B) over paired seeds with its bootstrap CI and Bouthillier et "
-        "al.'s decision rule, from a sweep's runs.csv",
+        help="A vs B: two tests of one sweep (RUNS TEST_A TEST_B), or two sweeps of the same "
+        "tests (RUNS_A RUNS_B, paired by test, source and run k): P(A > B), mean difference, "
+        "effect size, paired and unpaired, and a decision only with enough runs",
     )
-    compare.add_argument("runs_csv")
-    compare.add_argument("test_a")
-    compare.add_argument("test_b")
-    compare.add_argument("--metric", required=True, help="metric name (loss or metric.loss)")
-    compare.add_argument("--source", default="all")
+    compare.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="RUNS",
+        help="RUNS TEST_A TEST_B, or RUNS_A RUNS_B; RUNS is a sweep's runs.csv, runs.jsonl or "
+        "report folder",
+    )
+    compare.add_argument("--metric", default=None, help="metric name (default: every one)")
+    compare.add_argument("--source", default=None, help="source (default: all; revisions: every)")
+    compare.add_argument("--test", action="append", default=None, help="revisions: only this test")
     compare.add_argument("--lower-is-better", action="store_true")
     compare.set_defaults(func=run_compare)
 
@@ -69,38 +78,113 @@ def run_sweep(args: argparse.Namespace) -> int:
     return subprocess.call(pytest_command(args))
 
 
-def run_compare(args: argparse.Namespace) -> int:
+def _read_runs(path_text: str) -> Any:
+    """A sweep's runs table from runs.csv, runs.jsonl or the report folder holding them."""
     import pandas as pd
 
-    from repro_check.reporting.sensitivity import compare
+    from repro_check.orchestration.sweep import STORE_NAME, runs_frame
 
-    try:
-        runs = pd.read_csv(args.runs_csv)
-    except (OSError, ValueError) as exc:
-        print(f"repro-check: error: cannot read {args.runs_csv}: {exc}", file=sys.stderr)
+    path = Path(path_text)
+    if path.is_dir():
+        for name in ("runs.csv", STORE_NAME, f"sensitivity/{STORE_NAME}"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise ValueError(f"{path_text} holds no runs.csv or {STORE_NAME}")
+    if path.suffix == ".jsonl":
+        rows: dict[tuple[str, str], dict[str, Any]] = {}  # the last row of a run wins
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                    rows[(row["test"], row["run_id"])] = row
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise ValueError(f"{path}, line {number}: not a sweep run ({exc})") from None
+        return runs_frame(list(rows.values()))
+    return pd.read_csv(path)
+
+
+def _print(result: Any, confidence: str, revisions: tuple[str, str] | None) -> None:
+    what = (
+        f"{result.test_a}: A = {revisions[0]}, B = {revisions[1]}"
+        if revisions
+        else f"{result.test_a} vs {result.test_b}"
+    )
+    print(f"{what} -- {result.metric}, source {result.source}")
+    if result.note:
+        print(f"  not paired: {result.note}")
+    for side in (result.comparison.paired, result.comparison.unpaired):
+        if side is None:
+            continue
+        imp, diff = side.improvement, side.mean_difference
+        print(
+            f"  {'paired  ' if side.paired else 'unpaired'} n={imp.n_a}/{imp.n_b}: mean A - B = "
+            f"{diff.point:.4g} [{diff.low:.4g}, {diff.high:.4g}] ({confidence} {diff.method}); "
+            f"P(A>B) = {imp.p:.3f} [{imp.ci_low:.3f}, {imp.ci_high:.3f}] ({imp.method}); "
+            f"{side.effect_size_name} = {side.effect_size:.3g}"
+        )
+        decision = f"none -- {imp.reason}" if imp.decision == "too few runs" else imp.decision
+        print(f"    decision: {decision}")
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from repro_check.reporting.sensitivity import compare, compare_revisions
+
+    if len(args.inputs) not in (2, 3):
+        print(
+            "repro-check: error: compare takes RUNS TEST_A TEST_B or RUNS_A RUNS_B "
+            f"(got {len(args.inputs)} arguments)",
+            file=sys.stderr,
+        )
         return 2
-    tests = set(runs.get("test", []))
-    for test in (args.test_a, args.test_b):
-        if test not in tests:
-            print(
-                f"repro-check: error: {test!r} is not in {args.runs_csv}; tests there: "
-                f"{', '.join(sorted(tests))}",
-                file=sys.stderr,
+    try:
+        paths = args.inputs[:1] if len(args.inputs) == 3 else args.inputs
+        tables = [_read_runs(path) for path in paths]
+    except (OSError, ValueError) as exc:
+        print(f"repro-check: error: cannot read the runs: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if len(args.inputs) == 3:
+            results = [_compare_tests(compare, tables[0], args)]
+        else:
+            results = compare_revisions(
+                tables[0],
+                tables[1],
+                tests=args.test,
+                metrics=[args.metric] if args.metric else None,
+                sources=[args.source] if args.source else None,
+                higher_is_better={args.metric: False}
+                if args.metric and args.lower_is_better
+                else None,
             )
-            return 2
-    result = compare(
+    except (KeyError, ValueError) as exc:
+        print(f"repro-check: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+        return 2
+    revisions = (args.inputs[0], args.inputs[1]) if len(args.inputs) == 2 else None
+    for result in results:
+        _print(result, "95%", revisions)
+    from repro_check.core.stats import decision_rule
+
+    print(f"rule: {decision_rule()}")
+    return 0
+
+
+def _compare_tests(compare: Any, runs: Any, args: argparse.Namespace) -> Any:
+    _, test_a, test_b = args.inputs
+    tests = set(runs.get("test", []))
+    for test in (test_a, test_b):
+        if test not in tests:
+            raise KeyError(
+                f"{test!r} is not in {args.inputs[0]}; tests there: {', '.join(sorted(tests))}"
+            )
+    if not args.metric:
+        raise ValueError("comparing two tests needs --metric")
+    return compare(
         runs,
-        args.test_a,
-        args.test_b,
+        test_a,
+        test_b,
         args.metric,
-        source=args.source,
+        source=args.source or "all",
         higher_is_better=not args.lower_is_better,
     )
-    print(
-        f"P({args.test_a} better than {args.test_b} on {args.metric}) = {result.p:.3f} "
-        f"[{result.ci_low:.3f}, {result.ci_high:.3f}] ({result.confidence:.0%} bootstrap CI, "
-        f"{'paired' if result.paired else 'unpaired'}, n={result.n_a}/{result.n_b})"
-    )
-    print(f"decision: {result.decision}")
-    print(f"rule: {result.rule}")
-    return 0

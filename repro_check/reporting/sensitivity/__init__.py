@@ -70,7 +70,7 @@ Rules
 """
 
 from repro_check.reporting.sensitivity.analysis import analyze
-from repro_check.reporting.sensitivity.compare import compare
+from repro_check.reporting.sensitivity.compare import compare, compare_revisions
 from repro_check.reporting.sensitivity.files import json_document, write_report
 from repro_check.reporting.sensitivity.latex import latex_tables, tex_escape
 from repro_check.reporting.sensitivity.markdown import markdown_report
@@ -93,6 +93,7 @@ __all__ = [
     "SensitivityWarning",
     "analyze",
     "compare",
+    "compare_revisions",
     "json_document",
     "latex_tables",
     "markdown_report",

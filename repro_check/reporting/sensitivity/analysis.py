@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from repro_check.reporting.sensitivity.comparisons import across_tests, variant_comparisons
+from repro_check.reporting.sensitivity.crossed import crossed_designs
 from repro_check.reporting.sensitivity.model import (
+    CROSS,
     CURVE_COLUMNS,
     DEFAULT_TARGET_RULE,
     METRIC_PREFIX,
@@ -59,6 +62,8 @@ def analyze(
     target_half_width: float | Mapping[str, float] | None = None,
     sources_unused: Mapping[str, Sequence[str]] | None = None,
     higher_is_better: Mapping[str, bool] | None = None,
+    outcomes: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None,
+    notes: Sequence[str] = (),
 ) -> SensitivityAnalysis:
     """Summarise a seed-sensitivity sweep: one row per (test, metric, source), curves, warnings.
 
@@ -66,22 +71,38 @@ def analyze(
     ``confidence`` and ``n_resamples`` drive every bootstrap (CIs of the mean, expected-max
     bands); ``seed`` seeds them. ``target_half_width`` is a number (all metrics),
     ``{metric: number}``, or None for the default: half the std of the ``all`` sweep of that
-    test and metric.
+    test and metric. ``outcomes`` (``{test: {name: {"higher_is_better", "n_examples"}}}``,
+    from ``repro.record_outcome``) gives directions and evaluation-set sizes, and marks the
+    tests that declared none; ``notes`` become warnings of kind ``resume``. Runs of a crossed
+    design (source ``a+b``) are split two-way (``analysis.crossed``), not tabled per source.
     """
     import pandas as pd
 
     df = normalize_runs(runs)
     metric_cols = [c for c in df.columns if c.startswith(METRIC_PREFIX)]
-    directions = {
-        metric_name(c): is_higher_better(metric_name(c), higher_is_better) for c in metric_cols
-    }
-    options = _Options(confidence, n_resamples, seed, accuracy_examples, target_half_width)
+    warns = [SensitivityWarning("resume", note, "") for note in notes]
+    directions, examples = _declared(metric_cols, outcomes, higher_is_better, warns)
+    examples = _merge_examples(accuracy_examples, examples)
+    options = _Options(confidence, n_resamples, seed, examples, target_half_width)
     unused = {str(t): [str(s) for s in names] for t, names in (sources_unused or {}).items()}
     rows: list[dict[str, Any]] = []
     curve_rows: list[dict[str, Any]] = []
-    warns: list[SensitivityWarning] = []
+    crossed_runs = df["source"].str.contains(CROSS, regex=False)
     for test in dict.fromkeys(df["test"]):
-        tdf = df[df["test"] == test]
+        tdf = df[(df["test"] == test) & ~crossed_runs]
+        if tdf.empty:
+            continue
+        if outcomes is not None and not outcomes.get(test):
+            warns.append(
+                SensitivityWarning(
+                    "undeclared-outcomes",
+                    f"{test}: no outcome declared, so every scalar recorded at the last step "
+                    f"is treated as one -- the loss of the last training minibatch included. "
+                    f"Declare results with repro.record_outcome('accuracy', acc, "
+                    f"n_examples=len(eval_set)); recorded scalars then stay diagnostics.",
+                    test,
+                )
+            )
         warns += _input_warnings(test, tdf, unused.get(test, []))
         ok = tdf[tdf["status"] != "failed"]
         metrics = [c for c in metric_cols if np.isfinite(ok[c].to_numpy(dtype=np.float64)).any()]
@@ -105,6 +126,9 @@ def analyze(
     summary = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
     summary["recommended_runs"] = summary["recommended_runs"].astype("Int64")
     curves = pd.DataFrame(curve_rows, columns=list(CURVE_COLUMNS))
+    comparisons = variant_comparisons(df[~crossed_runs], directions, confidence, warns)
+    aggregates = across_tests(df[~crossed_runs], directions, confidence, n_resamples, seed)
+    crossed = crossed_designs(df[crossed_runs], confidence, n_resamples, seed, warns)
     if target_half_width is None:
         rule = DEFAULT_TARGET_RULE
     elif isinstance(target_half_width, Mapping):
@@ -123,9 +147,61 @@ def analyze(
         target_rule=rule,
         accuracy_examples={
             str(t): {metric_name(str(m)): int(n) for m, n in per.items()}
-            for t, per in (accuracy_examples or {}).items()
+            for t, per in (examples or {}).items()
         },
+        comparisons=comparisons,
+        crossed=crossed,
+        aggregates=aggregates,
+        declared=None
+        if outcomes is None
+        else {str(t): list(per) for t, per in outcomes.items() if per},
     )
+
+
+def _declared(
+    metric_cols: list[str],
+    outcomes: Mapping[str, Mapping[str, Mapping[str, Any]]] | None,
+    overrides: Mapping[str, bool] | None,
+    warns: list[SensitivityWarning],
+) -> tuple[dict[str, bool], dict[str, dict[str, int]]]:
+    """Directions (an explicit override, else the declared one, else guessed from the name)
+    and the evaluation-set sizes declared with the outcomes."""
+    declared: dict[str, bool] = {}
+    examples: dict[str, dict[str, int]] = {}
+    for test, per in (outcomes or {}).items():
+        for name, spec in per.items():
+            hib = spec.get("higher_is_better")
+            if hib is not None:
+                if declared.setdefault(name, bool(hib)) != bool(hib):
+                    warns.append(
+                        SensitivityWarning(
+                            "conflicting-direction",
+                            f"{test}: outcome {name!r} is declared higher_is_better={hib}, "
+                            f"another test declares the opposite; "
+                            f"{'higher' if declared[name] else 'lower'} is better is used.",
+                            test,
+                            metric=name,
+                        )
+                    )
+            if spec.get("n_examples"):
+                examples.setdefault(str(test), {})[name] = int(spec["n_examples"])
+    directions = {}
+    for col in metric_cols:
+        name = metric_name(col)
+        if overrides and any(k in overrides for k in (name, col)):
+            directions[name] = is_higher_better(name, overrides)
+        else:
+            directions[name] = declared.get(name, is_higher_better(name, None))
+    return directions, examples
+
+
+def _merge_examples(
+    given: Mapping[str, Mapping[str, int]] | None, declared: dict[str, dict[str, int]]
+) -> dict[str, dict[str, int]]:
+    merged = {str(t): dict(per) for t, per in declared.items()}
+    for test, per in (given or {}).items():
+        merged.setdefault(str(test), {}).update({str(m): int(n) for m, n in per.items()})
+    return merged
 
 
 def _input_warnings(test: str, tdf: pd.DataFrame, unused: list[str]) -> list[SensitivityWarning]:
@@ -171,12 +247,7 @@ def _analyze_test(
     masked = tdf[["source", *metrics]].copy()  # sorted by source, then k
     masked.loc[failed, metrics] = np.nan  # a failed run's values never count
     table = stats.summarize_sources(
-        masked,
-        metrics,
-        confidence=options.confidence,
-        n_resamples=options.n_resamples,
-        seed=options.seed,
-        reference=REFERENCE_SOURCE,
+        masked, metrics, confidence=options.confidence, reference=REFERENCE_SOURCE
     )
     runs_per_source = tdf.groupby("source", sort=False).size()
     failed_per_source = tdf[failed].groupby("source", sort=False).size()
@@ -257,9 +328,11 @@ def _summary_row(
 
     from repro_check.core import stats
 
-    floor = float("nan")
+    floor = wilson_low = wilson_high = float("nan")
     if n_examples is not None and base["n"] and 0.0 <= base["mean"] <= 1.0:
         floor = stats.binomial_noise_floor(base["mean"], int(n_examples))
+        wilson = stats.wilson_interval(base["mean"] * int(n_examples), int(n_examples))
+        wilson_low, wilson_high = wilson.low, wilson.high
     rec: Any = pd.NA
     if math.isfinite(base["std"]) and math.isfinite(hw) and hw > 0.0:
         rec = stats.recommended_runs(
@@ -272,6 +345,8 @@ def _summary_row(
         "n_failed": n_failed,
         "n_nan": int(base["n_excluded"]) - n_failed,
         "noise_floor": floor,
+        "wilson_low": wilson_low,
+        "wilson_high": wilson_high,
         "target_half_width": hw,
         "recommended_runs": rec,
     }

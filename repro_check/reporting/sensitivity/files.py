@@ -37,7 +37,7 @@ def write_report(
 
     ``sensitivity.md`` (for reviewers), ``sensitivity.tex`` (booktabs tables for a paper),
     ``runs.csv`` (one row per run, with its command and seeds), ``sensitivity.json`` (schema
-    ``repro-check/sensitivity`` v1, NaN as null) and, when ``plots`` and matplotlib is
+    ``repro-check/sensitivity`` v2, NaN as null) and, when ``plots`` and matplotlib is
     installed, two PNGs per test and metric: ``<test>__<metric>__sources.png`` and
     ``<test>__<metric>__expected_max.png``. Returns the paths written.
     """
@@ -110,7 +110,7 @@ def json_document(
     plot_files: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
     files: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The ``sensitivity.json`` document (schema ``repro-check/sensitivity``, version 1)."""
+    """The ``sensitivity.json`` document (schema ``repro-check/sensitivity``, version 2)."""
     slugs = nodeid_slugs(analysis.tests)
     tests = []
     for test in analysis.tests:
@@ -155,6 +155,15 @@ def json_document(
         "settings": {**analysis.settings(), "decision_rule": decision_rule()},
         "session": dict(session) if session else None,
         "tests": tests,
+        "comparisons": [c.to_dict() for c in analysis.comparisons],
+        "across_tests": [a.to_dict() for a in analysis.aggregates],
+        "crossed": [c.to_dict() for c in analysis.crossed],
+        "declared_outcomes": analysis.declared,
+        "plots": {
+            f"{key[0]} :: {key[1]}": dict(value)
+            for key, value in (plot_files or {}).items()
+            if key[0] not in analysis.tests
+        },
         "warnings": [w.to_dict() for w in analysis.warnings],
         "runs_file": "runs.csv",
         "runs": analysis.runs.to_dict("records"),

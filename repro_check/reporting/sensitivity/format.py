@@ -121,3 +121,15 @@ def nodeid_slugs(tests: Sequence[str]) -> dict[str, str]:
         used.add(name)
         slugs[test] = name
     return slugs
+
+
+def bracket(fmt: Any, low: Any, high: Any) -> str:
+    """``[low, high]`` in ``fmt`` (a :class:`Fmt` or :func:`sig`), or ``n/a``."""
+    return f"[{fmt(low)}, {fmt(high)}]" if isnum(low) and isnum(high) else "n/a"
+
+
+def decision_cell(improvement: Any) -> str:
+    """A comparison's decision, with how many runs it lacks when it made none."""
+    if improvement.decision == "too few runs":
+        return f"none: {improvement.reason}"
+    return str(improvement.decision)

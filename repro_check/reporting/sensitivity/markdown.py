@@ -11,6 +11,7 @@ import numpy as np
 from repro_check.reporting.sensitivity.compare import decision_rule
 from repro_check.reporting.sensitivity.format import (
     Fmt,
+    bracket,
     direction,
     isnum,
     md,
@@ -20,7 +21,16 @@ from repro_check.reporting.sensitivity.format import (
     rec_cell,
     sig,
 )
-from repro_check.reporting.sensitivity.model import REFERENCE_SOURCE, SensitivityAnalysis
+from repro_check.reporting.sensitivity.model import (
+    INTERVAL_METHODS,
+    REFERENCE_SOURCE,
+    SensitivityAnalysis,
+)
+from repro_check.reporting.sensitivity.sections import (
+    aggregate_lines,
+    comparison_lines,
+    crossed_lines,
+)
 
 
 def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -56,10 +66,13 @@ def markdown_report(
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     lines.append(
         f"Generated {created} by repro-check. Each source of randomness was varied on its own "
-        f"(K runs, the other seeds fixed); `{REFERENCE_SOURCE}` varies every source at once. "
-        f"CIs are {conf} percentile-bootstrap intervals of the mean ({analysis.n_resamples} "
-        f"resamples, seed {analysis.seed}); *share* is Var(source) / Var({REFERENCE_SOURCE}) "
-        f"-- shares are not a partition and need not sum to 1 (Summers & Dinneen, ICML 2021)."
+        f"(K runs, the other seeds fixed); `{REFERENCE_SOURCE}` varies every source at once, "
+        f"with seeds of its own. {conf} CIs hold at small K: Student t for the mean, "
+        f"chi-square for the std, Tukey-McLaughlin trimmed t for the IQM, F for the shares. "
+        f"*share* is Var(source) / Var({REFERENCE_SOURCE}). One-at-a-time shares are "
+        f"conditional on the other sources' seeds, frozen at their baseline values: they are "
+        f"not a partition and need not sum to 1 (Summers & Dinneen, ICML 2021); a crossed "
+        f"design (`--repro-crossed=A,B`) splits two sources with their interaction."
     )
     lines.append("")
     if session:
@@ -89,31 +102,32 @@ def markdown_report(
                 "n",
                 "mean ± std",
                 f"{conf} CI of mean",
+                "std CI",
                 "min – max",
-                "IQM",
-                "share",
-                *(["noise floor"] if has_floor else []),
+                "IQM [CI]",
+                "share [CI]",
+                *(["noise floor", "test-set CI (Wilson)"] if has_floor else []),
                 rec_header,
             ]
             body = []
             for row in rows.to_dict("records"):
                 src = f"**{row['source']}**" if row["source"] == REFERENCE_SOURCE else row["source"]
-                ci = (
-                    f"[{fmt(row['ci_low'])}, {fmt(row['ci_high'])}]"
-                    if isnum(row["ci_low"])
-                    else "n/a"
-                )
                 rng = f"{fmt(row['min'])} – {fmt(row['max'])}" if isnum(row["min"]) else "n/a"
+                floor = [
+                    sig(row["noise_floor"]),
+                    bracket(fmt, row["wilson_low"], row["wilson_high"]),
+                ]
                 body.append(
                     [
                         src,
                         n_cell(row),
                         f"{fmt(row['mean'])} ± {sig(row['std'])}",
-                        ci,
+                        bracket(fmt, row["ci_low"], row["ci_high"]),
+                        bracket(sig, row["std_low"], row["std_high"]),
                         rng,
-                        fmt(row["iqm"]),
-                        pct(row["var_share"]),
-                        *([sig(row["noise_floor"])] if has_floor else []),
+                        f"{fmt(row['iqm'])} {bracket(fmt, row['iqm_low'], row['iqm_high'])}",
+                        f"{pct(row['var_share'])} {bracket(pct, row['share_low'], row['share_high'])}",
+                        *(floor if has_floor else []),
                         rec_cell(row["recommended_runs"]),
                     ]
                 )
@@ -172,14 +186,23 @@ def markdown_report(
             )
             lines.append("")
 
+    plots = plot_files or {}
+    lines += comparison_lines(analysis, plots)
+    lines += aggregate_lines(analysis, plots)
+    lines += crossed_lines(analysis)
     lines += _command_lines(analysis)
     lines += [
         "## Method",
         "",
-        "- Per-source seeds: `repro.seed_for(source)` streams; run k of every source shares the "
-        "same perturbation index (paired seeds).",
-        "- mean, std (ddof=1), quartiles, IQM (Agarwal et al., NeurIPS 2021), percentile "
-        "bootstrap CIs (Efron & Tibshirani 1993): `repro_check.core.stats`.",
+        "- Per-source seeds: `repro.seed_for(source)` streams; run k of every source uses "
+        "perturbation k + 1 of that source only; `all` runs draw seeds no one-source run uses, "
+        "so Var(all) is estimated independently. Variants of one test share every seed "
+        "(their root seed comes from the test id without `[...]`, or from `pair=`).",
+        "- Outcomes are what the test declares with `repro.record_outcome`; recorded scalars "
+        "such as the last minibatch's loss are diagnostics (`diag.*` in runs.csv).",
+        "- mean, std (ddof=1), quartiles, IQM (Agarwal et al., NeurIPS 2021); intervals: "
+        + "; ".join(f"{k}: {v}" for k, v in INTERVAL_METHODS.items())
+        + " (`repro_check.core.stats`, docs/statistics.md).",
         "- Variance shares and the binomial noise floor sqrt(p(1-p)/n): Bouthillier et al., "
         "MLSys 2021. A `bitflip` source (one weight nudged by one ulp at init) follows Summers "
         "& Dinneen, ICML 2021.",

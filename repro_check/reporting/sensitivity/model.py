@@ -12,19 +12,38 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from repro_check.core.stats.tables import SUMMARY_COLUMNS as STATS_COLUMNS
+
 if TYPE_CHECKING:
     import pandas as pd
 
 SCHEMA = "repro-check/sensitivity"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REFERENCE_SOURCE = "all"
+#: Source name of a crossed design's runs: ``init+data`` (repro_check.orchestration.sweep).
+CROSS = "+"
 METRIC_PREFIX = "metric."
 STATUSES = ("ok", "failed", "nan")
 REQUIRED_COLUMNS = ("test", "source", "k", "status")
 RUN_COLUMNS = ("test", "source", "k", "status", "root_seed", "perturbation", "command", "error")
 RECOMMENDED_RUNS_METHOD = "t"
 DEFAULT_TARGET_RULE = "default: half the std of the 'all' sweep, 0.5 * std(all)"
+#: How each interval of the report is computed (repro_check.core.stats.intervals).
+INTERVAL_METHODS = {
+    "mean": "Student t",
+    "std": "chi-square",
+    "iqm": "Tukey-McLaughlin trimmed-mean t",
+    "share": "F (ratio of two independent variances)",
+    "test set": "Wilson score (binomial, n_examples)",
+    "P(A>B)": "Wilson (paired) / Newcombe score (unpaired)",
+    "mean difference": "paired t / Welch t",
+    "expected max": "percentile bootstrap",
+    "across tests": "stratified percentile bootstrap (rliable)",
+    "crossed shares": "two-way bootstrap (rows and columns resampled)",
+}
 
+#: One row per (test, metric, source): run counts, then ``stats.summarize_sources``'s columns,
+#: then the noise floor and the runs needed.
 SUMMARY_COLUMNS = (
     "test",
     "metric",
@@ -33,19 +52,10 @@ SUMMARY_COLUMNS = (
     "n",
     "n_failed",
     "n_nan",
-    "mean",
-    "std",
-    "min",
-    "max",
-    "q25",
-    "median",
-    "q75",
-    "iqm",
-    "ci_low",
-    "ci_high",
-    "ci_method",
-    "var_share",
+    *(c for c in STATS_COLUMNS if c not in ("source", "metric", "n", "n_excluded")),
     "noise_floor",
+    "wilson_low",
+    "wilson_high",
     "target_half_width",
     "recommended_runs",
 )
@@ -105,10 +115,20 @@ class SensitivityAnalysis:
     higher_is_better: dict[str, bool]
     target_rule: str
     accuracy_examples: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: A vs B for each pair of variants (tests sharing seeds), per metric: VariantComparison.
+    comparisons: list[Any] = field(default_factory=list)
+    #: The two-way split of each crossed design, per test and metric: CrossedResult.
+    crossed: list[Any] = field(default_factory=list)
+    #: rliable's view across tests, per metric: Aggregate.
+    aggregates: list[Any] = field(default_factory=list)
+    #: Tests whose outcomes were declared with repro.record_outcome (None: not known).
+    declared: dict[str, list[str]] | None = None
 
     @property
     def tests(self) -> list[str]:
-        return list(dict.fromkeys(self.runs["test"].tolist()))
+        """Tests with one-at-a-time runs (a crossed design's runs are in ``crossed``)."""
+        one_at_a_time = ~self.runs["source"].str.contains(CROSS, regex=False)
+        return list(dict.fromkeys(self.runs.loc[one_at_a_time, "test"].tolist()))
 
     def metrics(self, test: str) -> list[str]:
         rows = self.summary[self.summary["test"] == test]
@@ -135,16 +155,19 @@ class SensitivityAnalysis:
         c = self.curves
         return c[(c["test"] == test) & (c["metric"] == metric_name(metric))]
 
-    def values(self, test: str, metric: str, source: str) -> np.ndarray:
-        """The values used for (test, metric, source): finite, from non-failed runs, k order."""
-        return usable_values(self.runs, test, source, metric_column(metric))
+    def values(
+        self, test: str, metric: str, source: str, *, keep_missing: bool = False
+    ) -> np.ndarray:
+        """The values used for (test, metric, source): finite, from non-failed runs, k order
+        (``keep_missing``: one value per run, NaN where excluded)."""
+        return usable_values(self.runs, test, source, metric_column(metric), keep_missing)
 
     def settings(self) -> dict[str, Any]:
         return {
             "confidence": self.confidence,
             "n_resamples": self.n_resamples,
             "seed": self.seed,
-            "bootstrap": "percentile",
+            "intervals": dict(INTERVAL_METHODS),
             "reference_source": REFERENCE_SOURCE,
             "target_half_width_rule": self.target_rule,
             "recommended_runs_method": RECOMMENDED_RUNS_METHOD,
@@ -228,12 +251,14 @@ def normalize_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
-def usable_values(df: pd.DataFrame, test: str, source: str, column: str) -> np.ndarray:
+def usable_values(
+    df: pd.DataFrame, test: str, source: str, column: str, keep_missing: bool = False
+) -> np.ndarray:
     if column not in df.columns:
         return np.empty(0)
-    sel = df[(df["test"] == test) & (df["source"] == source) & (df["status"] != "failed")]
-    vals = sel.sort_values("k", kind="stable")[column].to_numpy(dtype=np.float64)
-    return vals[np.isfinite(vals)]
+    sel = df[(df["test"] == test) & (df["source"] == source)].sort_values("k", kind="stable")
+    vals = sel[column].where(sel["status"] != "failed").to_numpy(dtype=np.float64)
+    return vals if keep_missing else vals[np.isfinite(vals)]
 
 
 def lookup(table: Mapping[str, Mapping[str, Any]] | None, test: str, metric: str) -> Any:

@@ -41,6 +41,17 @@ def write_plots(
                 paths.append(_save(fig, out / name))
                 entry["expected_max"] = name
             files[(test, metric)] = entry
+    for c in analysis.comparisons:
+        fig = _pairs_figure(analysis, c)
+        name = (
+            f"{file_slug(c.test_a, 60)}__vs__{file_slug(c.test_b, 60)}__{file_slug(c.metric, 40)}"
+        )
+        paths.append(_save(fig, out / f"{name}.png"))
+        files[(f"{c.test_a} vs {c.test_b}", c.metric)] = {"pairs": f"{name}.png"}
+    for agg in analysis.aggregates:
+        name = f"across_tests__{file_slug(agg.metric, 40)}.png"
+        paths.append(_save(_aggregate_figure(analysis, agg), out / name))
+        files[("across tests", agg.metric)] = {"aggregate": name}
     return files, paths
 
 
@@ -134,7 +145,7 @@ def _sources_figure(analysis: SensitivityAnalysis, test: str, metric: str) -> An
         Line2D(
             [], [], ls="", marker="o", color=_ALL_COLOR, label=f"run: {REFERENCE_SOURCE} varied"
         ),
-        Line2D([], [], ls="-", marker="D", color="black", label=f"mean, {conf} bootstrap CI"),
+        Line2D([], [], ls="-", marker="D", color="black", label=f"mean, {conf} t CI"),
     ]
     if isnum(rows["noise_floor"].iloc[-1]):
         handles.append(Patch(color="0.5", alpha=0.3, label="all mean ± binomial noise floor"))
@@ -185,5 +196,78 @@ def _expected_max_figure(analysis: SensitivityAnalysis, test: str, metric: str) 
     fig.suptitle(_wrap(test), fontsize=9, family="monospace")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def _pairs_figure(analysis: SensitivityAnalysis, c: Any) -> Any:
+    """Run k of A beside run k of B (a line per pair when they share seeds), and the two
+    means with the CI of their difference in the title."""
+    from matplotlib.figure import Figure
+
+    a = analysis.values(c.test_a, c.metric, c.source, keep_missing=True)
+    b = analysis.values(c.test_b, c.metric, c.source, keep_missing=True)
+    fig = Figure(figsize=(5.2, 4.4))
+    ax = fig.add_subplot(1, 1, 1)
+    if c.paired_seeds:
+        for x, y in zip(a, b, strict=False):
+            if np.isfinite(x) and np.isfinite(y):
+                ax.plot([0, 1], [x, y], color="0.6", lw=0.8, zorder=1)
+    ax.scatter(np.zeros(a.size), a, color=_SOURCE_COLOR, zorder=3, s=22)
+    ax.scatter(np.ones(b.size), b, color=_ALL_COLOR, zorder=3, s=22)
+    for x, mean in ((0, c.mean_a), (1, c.mean_b)):
+        ax.plot([x - 0.15, x + 0.15], [mean, mean], color="black", lw=2, zorder=4)
+    ax.set_xticks([0, 1])
+    ax.set_xticklabels([_wrap(c.test_a, 30), _wrap(c.test_b, 30)], fontsize=7)
+    ax.set_xlim(-0.5, 1.5)
+    ax.set_ylabel(_mpl(f"{c.metric} ({'higher' if c.higher_is_better else 'lower'} is better)"))
+    side = c.comparison.primary
+    diff, imp = side.mean_difference, side.improvement
+    kind = "paired" if side.paired else "unpaired"
+    ax.set_title(
+        _mpl(
+            f"{kind}: mean A - B = {sig(diff.point, 3)} [{sig(diff.low, 3)}, {sig(diff.high, 3)}]"
+            f"\nP(A>B) = {sig(imp.p, 3)} [{sig(imp.ci_low, 3)}, {sig(imp.ci_high, 3)}]; "
+            f"{imp.decision}"
+        ),
+        fontsize=9,
+    )
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def _aggregate_figure(analysis: SensitivityAnalysis, agg: Any) -> Any:
+    """rliable's two panels: IQM with its stratified-bootstrap CI per method, and the
+    performance profiles with their bands."""
+    from matplotlib.figure import Figure
+
+    conf = f"{analysis.confidence * 100:g}%"
+    fig = Figure(figsize=(10.0, 4.2))
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    methods = list(agg.iqm)
+    for i, method in enumerate(methods):
+        ci = agg.iqm[method]
+        left.errorbar(
+            ci.point,
+            i,
+            xerr=[[ci.point - ci.low], [ci.high - ci.point]],
+            fmt="o",
+            color=f"C{i}",
+            capsize=4,
+        )
+        prof = agg.profiles[method]
+        right.plot(prof.taus, prof.fraction, color=f"C{i}", label=_mpl(method))
+        right.fill_between(prof.taus, prof.low, prof.high, color=f"C{i}", alpha=0.2, lw=0)
+    left.set_yticks(range(len(methods)))
+    left.set_yticklabels([_mpl(m) for m in methods], fontsize=8)
+    left.set_xlabel(_mpl(f"IQM of {agg.metric} over {len(agg.tasks)} tasks ({conf} CI)"))
+    left.grid(axis="x", alpha=0.3)
+    word = ">" if agg.higher_is_better else "<"
+    right.set_xlabel(_mpl(f"threshold tau on {agg.metric}"))
+    right.set_ylabel(_mpl(f"fraction of runs with score {word} tau"))
+    right.grid(alpha=0.3)
+    right.legend(fontsize=8, loc="best")
+    fig.suptitle("Across tests (rliable: stratified bootstrap)", fontsize=10)
     fig.tight_layout()
     return fig
