@@ -69,6 +69,17 @@ def legacy_seed_note(test_id: Any, base_seed: Any, recorded_seed: Any, seed: int
     )
 
 
+def pairing_id(test_id: str, pair: str | None = None) -> str:
+    """The id a sensitivity sweep derives a test's root seed from, so variants share seeds:
+    ``pair:<name>`` for tests paired by name, else the test id without its parametrization
+    suffix (``test_m[a]`` and ``test_m[b]`` -> ``test_m``): run k of every variant then
+    draws the same seeds, and A/B comparisons are paired by construction."""
+    if pair:
+        return f"pair:{pair}"
+    head, sep, name = test_id.rpartition("::")
+    return head + sep + name.split("[", 1)[0]
+
+
 def derive_seed(root_seed: int, name: str, perturbation: int = 0) -> int:
     """An independent 63-bit seed for stream ``name`` (and perturbation index) of ``root_seed``."""
     spawn_key = (_name_key(name),) if perturbation == 0 else (_name_key(name), perturbation)
