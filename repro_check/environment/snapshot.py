@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from repro_check.core.atomic import StoredFileError, write_json
+from repro_check.core.atomic import StoredFileError, parse_json_file, write_json
 from repro_check.environment._common import (
     SCHEMA,
     SCHEMA_VERSION,
@@ -152,24 +152,7 @@ def _parse(path: Path) -> Any:
     """The JSON in ``path``; :class:`StoredFileError` (never a traceback) for anything else."""
     if path.is_dir():
         raise StoredFileError(f"{path}: is a folder, not a snapshot file")
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise StoredFileError(f"{path}: no such file") from None
-    except OSError as exc:
-        raise StoredFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StoredFileError(
-            f"{path}: not valid JSON ({exc}); the file is corrupt or truncated. "
-            f"Restore it from version control or regenerate it (repro-check env -o FILE)."
-        ) from None
-    except RecursionError:
-        raise StoredFileError(
-            f"{path}: JSON nested too deeply to be a snapshot (the file is damaged or was not "
-            f"written by repro-check); regenerate it with: repro-check env -o FILE"
-        ) from None
+    return parse_json_file(path)
 
 
 def _too_deep(node: Any) -> bool:
