@@ -21,16 +21,16 @@ import datetime as _dt
 import json
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from repro_check import environment
-from repro_check.core.atomic import StoredFileError, atomic_write_text, read_json
+from repro_check.core.atomic import StoredFileError, atomic_write_text, decode_float, read_json
 from repro_check.core.compare import Mismatch, find_mismatch, judge_against_fp64
-from repro_check.core.paths import nodeid_path
+from repro_check.core.paths import is_no_space, nodeid_path
 from repro_check.core.record import Entry, RunRecord
 from repro_check.core.seeding import legacy_seed_note
 from repro_check.orchestration import baseline_schema as schema
@@ -68,7 +68,7 @@ def baseline_path(rootpath: Path, nodeid: str, baseline_dir: str | None) -> Path
 def _element(x: float, dtype: str) -> float | int | str:
     """A sampled element, at its dtype's precision (the shortest text that reads back exactly)."""
     if not math.isfinite(x):
-        return repr(x)
+        return number(x)
     if dtype in _FLOAT32_EXACT:
         return float(str(np.float32(x)))
     if not dtype.startswith(("float", "complex")) and abs(x) < 2**53 and x == int(x):
@@ -77,7 +77,7 @@ def _element(x: float, dtype: str) -> float | int | str:
 
 
 def _read_element(x: float | int | str, dtype: str) -> float:
-    value = float(x)
+    value = decode_float(x)
     return float(np.float32(value)) if dtype in _FLOAT32_EXACT else value
 
 
@@ -198,7 +198,7 @@ def _why(exc: OSError) -> str:
 
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return " (the folder is read-only)"
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if is_no_space(exc):
         return " (no space left on the disk)"
     return ""
 
@@ -212,10 +212,6 @@ def load_baseline(path: Path) -> dict[str, Any]:
     converted to the version 2 layout in memory (``schema_version`` still says 1)."""
     try:
         document = read_json(path, schema=SCHEMA, max_version=SCHEMA_VERSION)
-    except RecursionError:
-        raise StoredFileError(
-            f"{path}: nested too deeply to be a baseline (hand-edited or damaged?); {UPDATE_HINT}"
-        ) from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
         if isinstance(exc, StoredFileError):
             raise
@@ -265,19 +261,8 @@ class BaselineCheck:
         return [self.reason, *(f"  {d}" for d in self.env_differences)]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "mode": self.mode,
-            "reason": self.reason,
-            "seed_note": self.seed_note,
-            "steps_note": self.steps_note,
-            "compared_steps": self.compared_steps,
-            "baseline_steps": self.baseline_steps,
-            "env_differences": self.env_differences,
-            "step": self.step,
-            "key": self.key,
-            "detail": self.lines,
-        }
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lines"}
+        return {**data, "detail": self.lines}
 
 
 def relevant_env_differences(
@@ -405,6 +390,14 @@ def _check_step(
             check.lines.append(f"first difference: {where} is no longer bitwise equal")
             check.lines.extend(_describe(base, now, fp, 0.0, 0.0))
             return True
+        if not _floating(fp.dtype):
+            check.status, check.step, check.key = "mismatch", step, key
+            check.lines.append(f"first difference beyond tolerance: {where}")
+            check.lines.append(
+                f"    its values changed: {fp.dtype} values are compared exactly (no tolerance "
+                "applies to integers and booleans)"
+            )
+            return True
         unsupported = _unsupported(base, now, fp.dtype)
         if unsupported:
             check.status, check.step, check.key = "unsupported", step, key
@@ -490,12 +483,21 @@ def _count_lines(stats: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return [f"    non-finite counts differ: {show}"]
 
 
+def _floating(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat", "complex"))
+
+
+def _elements(dtype: str, shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape statistics see: complex tensors through their real view (re, im)."""
+    return (*shape, 2) if dtype.startswith("complex") else tuple(shape)
+
+
 def _sample_index(stats: dict[str, Any]) -> list[int]:
     return stats.get("sample_index", list(range(len(stats["sample"]))))
 
 
 def _stat_values(stats: dict[str, Any]) -> list[float]:
-    return [float(stats[name]) for name in STAT_NAMES]
+    return [decode_float(stats[name]) for name in STAT_NAMES]
 
 
 def _sample_values(stats: dict[str, Any], dtype: str) -> list[float]:
@@ -504,7 +506,8 @@ def _sample_values(stats: dict[str, Any], dtype: str) -> list[float]:
 
 def _vector(stats: dict[str, Any], dtype: str, shape: tuple[int, ...]) -> list[float]:
     """Sample and statistics on the elements' scale (the norm as an RMS), for the float64 rule."""
-    finite = max(math.prod(shape) - sum(int(stats.get(n, 0)) for n in (*COUNT_NAMES, "inf")), 1)
+    numel = math.prod(_elements(dtype, shape))
+    finite = max(numel - sum(int(stats.get(n, 0)) for n in (*COUNT_NAMES, "inf")), 1)
     values = _stat_values(stats)
     values[3] /= math.sqrt(finite)
     return _sample_values(stats, dtype) + values
@@ -524,7 +527,7 @@ def _mismatches(
     mean near zero is held to the magnitude of the values it averages, not to ~0.
     """
     base_stats, now_stats = _stat_values(stats), _stat_values(now)
-    numel = max(math.prod(shape), 1)
+    numel = max(math.prod(_elements(dtype, shape)), 1)
     rms = abs(base_stats[3]) / math.sqrt(numel) if math.isfinite(base_stats[3]) else 0.0
     scale = [max(abs(v), rms) if math.isfinite(v) else rms for v in base_stats[:3]]
     yield find_mismatch(
@@ -543,7 +546,7 @@ def _mismatches(
             _sample_values(now, dtype),
             atol=atol,
             rtol=rtol,
-            labels=[f"at index {_unravel(i, shape)}" for i in index],
+            labels=[f"at index {_unravel(i, _elements(dtype, shape))}" for i in index],
             noun="sampled elements",
         )
 

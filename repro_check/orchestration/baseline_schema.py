@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from repro_check.core.atomic import encode_float as number  # the project's one NaN/inf policy
+
 STAT_NAMES = ("min", "max", "mean", "norm")
 COUNT_NAMES = ("nan", "posinf", "neginf")
 #: Bounds a hand-edited file must keep (deeper or larger means damage, not a baseline).
@@ -22,11 +24,6 @@ _WORDS = ("nan", "inf", "-inf")
 
 class SchemaError(Exception):
     """One field of a baseline that cannot be right; the message names it."""
-
-
-def number(x: float) -> float | str:
-    """JSON has no NaN/inf: those are stored as the strings ``nan``, ``inf``, ``-inf``."""
-    return x if math.isfinite(x) else repr(x)
 
 
 _MISSING = object()
@@ -144,6 +141,7 @@ def _validate_entry(entry: Any, where: str, version: int) -> None:
     if version < 2:
         _validate_v1_entry(entry, where, numel)
         return
+    numel *= 2 if dtype.startswith("complex") else 1  # statistics see the real view
     for name in ("stats", "fp64"):
         if name in entry:
             _validate_stats(entry[name], f"{where}.{name}", numel)
@@ -227,6 +225,8 @@ def upgrade_v1(document: dict[str, Any]) -> None:
         for entry in step["entries"].values():
             nan, inf = entry.pop("nonfinite", [0, 0])
             values, old = entry.pop("values", None), entry.pop("stats", None)
+            if entry["dtype"].startswith("complex"):
+                continue  # version 1 summarised magnitudes, version 2 the real view
             if values is not None:
                 numbers = [float(v) for v in values]
                 finite = [v for v in numbers if math.isfinite(v)]
