@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from repro_check.core.optrace import OpTracer  # noqa: E402
+from repro_check.trace.tracer import OpTracer  # noqa: E402
 from suites.training import (  # noqa: E402
     ShapesDataset,
     SmallCNN,

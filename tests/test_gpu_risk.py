@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from repro_check.core import gpu_risk
-from repro_check.core.gpu_risk import (
+from repro_check.core.atomic import StoredFileError
+from repro_check.core.determinism import explain_deterministic_error
+from repro_check.trace import ops
+from repro_check.trace.audit import (
     alerts_under_deterministic_mode,
     audit,
     docstring_items,
     format_findings,
-    load_table,
     version_in_range,
 )
-from repro_check.core.optrace import OpTracer
+from repro_check.trace.diff import diff_traces
+from repro_check.trace.ops import load_table, nondeterminism_alert
+from repro_check.trace.tracer import OpTracer
 
 THIS_FILE = "test_gpu_risk.py"
 
@@ -158,38 +164,172 @@ def test_every_op_in_the_torch_docstring_is_covered_by_the_table():
     assert len(doc["deterministic-alternative-used"]) > 10
     assert len(doc["raises-in-deterministic-mode"]) > 10
     table = load_table()
-    covered = {(e["behaviour"], d) for e in table["entries"] for d in e["doc_items"]}
+    covered = {(e.behaviour, d) for e in table.entries for d in e.doc_items}
     in_docs = {(section, item) for section, items in doc.items() for item in items}
     missing = in_docs - covered
     stale = covered - in_docs
     assert not missing, (
-        f"torch {torch.__version__} documents ops that cuda_nondeterminism.json does not cover: "
+        f"torch {torch.__version__} documents ops that op_knowledge.json does not cover: "
         f"{sorted(missing)}"
     )
-    assert not stale, f"cuda_nondeterminism.json lists items torch no longer documents: {stale}"
-    assert version_in_range(torch.__version__, table["valid_for"]), (
-        f"the table was checked for torch {table['valid_for']}; the docstring of torch "
-        f"{torch.__version__} matches it: extend valid_for in cuda_nondeterminism.json"
+    assert not stale, f"op_knowledge.json lists items torch no longer documents: {stale}"
+    assert version_in_range(torch.__version__, table.valid_for), (
+        f"the table was checked for torch {table.valid_for}; the docstring of torch "
+        f"{torch.__version__} matches it: extend valid_for in op_knowledge.json"
     )
 
 
-def test_table_is_well_formed_and_names_real_aten_ops():
+def test_table_names_real_aten_ops_and_says_where_each_row_comes_from():
     table = load_table()
-    assert table["schema"] == gpu_risk.TABLE_SCHEMA and table["schema_version"] == 1
-    ids = [e["id"] for e in table["entries"]]
-    assert len(ids) == len(set(ids))
-    for e in table["entries"]:
-        assert e["behaviour"] in gpu_risk.BEHAVIOURS
-        assert set(e["devices"]) <= {"cpu", "cuda"} and e["devices"]
-        assert e["phase"] in ("forward", "backward", "forward+backward")
-        assert e["alternative"] and e["doc_items"] and e["valid_for"]
-        assert set(e.get("condition", {})) <= gpu_risk.CONDITION_KEYS, e["id"]
-        for qual in e["aten_ops"] + e["forward_ops"]:
+    for e in table.entries:
+        assert e.doc_items or e.alerts, e.id  # the loader refuses a row without either
+        for qual in e.aten_ops + e.forward_ops:
             ns, _, name = qual.partition("::")
             name, _, overload = name.partition(".")
             packet = getattr(getattr(torch.ops, ns), name)  # raises if torch renamed the op
             if overload:
                 assert overload in packet.overloads(), qual
+
+
+def test_a_malformed_table_is_refused_with_the_row_and_the_reason(tmp_path):
+    raw = json.loads((Path(ops.__file__).parent.parent / "data" / "op_knowledge.json").read_text())
+    cases = {
+        "behaviour": ("behaviour", "sometimes", "behaviour 'sometimes' not in"),
+        "condition": ("condition", {"colour": "red"}, "condition keys ['colour']"),
+        "evidence": ("doc_items", [], "neither which docstring items"),
+    }
+    for name, (key, value, expected) in cases.items():
+        broken = json.loads(json.dumps(raw))
+        broken["entries"][0][key] = value
+        if name == "evidence":
+            broken["entries"][0]["alerts"] = []
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(broken))
+        with pytest.raises(StoredFileError, match=re.escape(expected)) as info:
+            load_table(str(path))
+        assert "'convolution'" in str(info.value)  # the row is named
+    newer = dict(raw, schema_version=ops.TABLE_SCHEMA_VERSION + 1)
+    (tmp_path / "newer.json").write_text(json.dumps(newer))
+    with pytest.raises(StoredFileError, match="upgrade repro-check"):
+        load_table(str(tmp_path / "newer.json"))
+
+
+# --------------------------------------------------------------------------------------------
+# attention (scaled_dot_product_attention backward)
+
+
+class TinyAttention(nn.Module):
+    """One self-attention block through nn.MultiheadAttention's fast path (SDPA)."""
+
+    def __init__(self, dropout: float) -> None:
+        super().__init__()
+        self.attn = nn.MultiheadAttention(16, 2, dropout=dropout, batch_first=True)
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x):
+        h, _ = self.attn(x, x, x, need_weights=False)  # ATTENTION
+        return self.head(h.mean(1))
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1], ids=["cpu-flash-kernel", "math-path"])
+def test_attention_backward_is_flagged_from_a_cpu_trace(dropout):
+    torch.manual_seed(0)
+    model = TinyAttention(dropout)
+    x = torch.randn(4, 6, 16)
+    with OpTracer(model) as tr:
+        F.cross_entropy(model(x), torch.tensor([0, 1, 0, 1])).backward()
+    findings = [f for f in audit(tr) if f.entry_id == "sdpa-backward-seen-on-cpu"]
+    assert len(findings) == 1, format_findings(audit(tr))
+    (f,) = findings
+    assert f.certainty == "seen" and f.behaviour == "deterministic-alternative-used"
+    assert "sdpa_kernel" in f.alternative and "warn_only=False" in f.alternative
+    (site,) = f.call_sites
+    assert site.via == "backward" and site.module_path == "attn"
+    assert site.source.split(":")[1].split()[0] == str(marker_line("ATTENTION"))
+    # plain softmax backward (no attention) is not flagged
+    with OpTracer() as tr:
+        torch.randn(3, 4, requires_grad=True).softmax(-1).sum().backward()
+    assert not [f for f in audit(tr) if f.entry_id.startswith("sdpa")]
+
+
+def test_attention_forward_with_grad_is_reported_until_its_backward_runs():
+    model = TinyAttention(0.0)
+    with OpTracer(model) as tr:
+        model(torch.randn(2, 3, 16))
+    (f,) = [f for f in audit(tr) if f.entry_id.startswith("sdpa")]
+    assert f.op == "aten::_scaled_dot_product_flash_attention_for_cpu"
+    assert f.certainty == "if-differentiated"
+
+
+def test_cuda_attention_kernels_and_their_warnings_are_in_the_table():
+    table = load_table()
+    by_op = {op: e for e in table.entries for op in e.aten_ops}
+    for op in (
+        "aten::_scaled_dot_product_efficient_attention_backward",
+        "aten::_efficient_attention_backward",
+        "aten::_scaled_dot_product_flash_attention_backward",
+        "aten::_flash_attention_backward",
+        "aten::_scaled_dot_product_cudnn_attention_backward",
+    ):
+        assert by_op[op].devices == ("cuda",) and by_op[op].phase == "backward", op
+    warning = (
+        "Memory Efficient attention defaults to a non-deterministic algorithm. To explicitly "
+        "enable determinism call torch.use_deterministic_algorithms(True, warn_only=False)."
+    )
+    kernel = nondeterminism_alert(warning)
+    assert kernel == "Memory Efficient attention"
+    assert [e.id for e in ops.alert_entries(kernel, table)][0] == (
+        "sdpa-efficient-attention-backward"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# one table for the audit and the localisation advice
+
+
+def test_localisation_advice_comes_from_the_same_table_as_the_audit():
+    def scatter_run():
+        with OpTracer() as tr:
+            torch.zeros(8).scatter_add_(0, torch.tensor([1, 1, 2]), torch.ones(3))
+        return tr
+
+    tr = scatter_run()
+    (event,) = [e for e in tr.events if e.op == "aten::scatter_add_"]
+    (finding,) = audit(tr)
+    assert load_table().advice_for(event) == finding.alternative
+    # several rows for one op (put_ with accumulate on CPU and on CUDA): each says where
+    with OpTracer() as tr:
+        torch.zeros(4).put_(torch.tensor([1, 1]), torch.ones(2), accumulate=True)
+    (event,) = [e for e in tr.events if e.op == "aten::put_"]
+    advice = load_table().advice_for(event)
+    assert advice.startswith("on CPU: ") and "; on CUDA: " in advice
+    # an op the table does not know gets the generic advice
+    d = diff_traces(scatter_run(), scatter_run())
+    assert d.kind == "identical"
+    with OpTracer() as tr:
+        torch.ones(2).exp()
+    assert load_table().advice_for(tr.events[-1]) == load_table().generic_advice
+
+
+def test_the_no_deterministic_implementation_wording_is_read_in_one_place():
+    error = (
+        "Traceback (most recent call last):\n"
+        '  File "model.py", line 12, in forward\n'
+        "model.py:12: RuntimeError\n"
+        "RuntimeError: adaptive_avg_pool2d_backward_cuda does not have a deterministic "
+        "implementation, but you set 'torch.use_deterministic_algorithms(True)'."
+    )
+    assert nondeterminism_alert(error) == "adaptive_avg_pool2d_backward_cuda"
+    explained = explain_deterministic_error(error)
+    assert explained.startswith("adaptive_avg_pool2d_backward_cuda has no deterministic")
+    cublas = (
+        "Deterministic behavior was enabled with either `torch.use_deterministic_algorithms(True)` "
+        "or `at::Context::setDeterministicAlgorithms(true)`, but this operation is not "
+        "deterministic because it uses CuBLAS and you have not set CUBLAS_WORKSPACE_CONFIG"
+    )
+    assert nondeterminism_alert(cublas) == "CuBLAS"
+    assert ops.alert_entries("CUBLAS_WORKSPACE_CONFIG")[0].id == "cublas-workspace"
+    assert nondeterminism_alert("some other warning") is None
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,13 +11,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from repro_check.core.optrace import (
-    DETERMINISTIC_ALTERNATIVES,
-    OpTracer,
-    compare_event_outputs,
-    diff_traces,
-    replay_divergence,
-)
+from repro_check.trace.diff import diff_traces
+from repro_check.trace.ops import load_table
+from repro_check.trace.replay import compare_event_outputs, replay_divergence
+from repro_check.trace.tracer import OpTracer
 
 THIS_FILE = "test_optrace.py"
 
@@ -253,7 +250,8 @@ def test_nondeterministic_index_put_is_localised():
     assert ev.source.split(":")[0].endswith(THIS_FILE)
     assert ev.source.split(":")[1].split()[0] == str(INDEX_PUT_LINE)
     assert ev.flag_dict()["accumulate"] is True
-    assert d.advice == DETERMINISTIC_ALTERNATIVES["aten::index_put_"]
+    (entry,) = [e for e in load_table().entries if e.id == "index-put-accumulate-cpu"]
+    assert d.advice == entry.alternative  # the advice comes from the one op table
     assert "aten::index_put_" in d.message and "use_deterministic_algorithms" in d.message
 
     # replay twice with the outputs of that event captured, and measure the difference
@@ -530,19 +528,62 @@ def test_hooks_and_mode_are_removed_on_exit_even_after_an_error():
     assert _get_current_dispatch_mode() is None
 
 
-def test_trust_version_counter_keeps_classifications_and_has_a_documented_blind_spot():
-    def traced(workload, **kw):
-        with OpTracer(trust_version_counter=True, **kw) as tr:
-            workload()
-        return tr
+def traced(workload, **options):
+    with OpTracer(**options) as tr:
+        workload()
+    return tr
 
-    d = diff_traces(traced(index_put_workload), traced(index_put_workload))
+
+def numpy_write_into_a_computed_tensor():
+    t = torch.ones(3) * 2  # computed from a tensor: its fingerprint is trusted while unchanged
+    t.numpy()[:] = np.random.default_rng().normal(size=3)  # no version-counter bump
+    (t + 1).sum()
+
+
+def test_trusted_inputs_have_a_documented_blind_spot_that_verify_inputs_closes():
+    d = diff_traces(
+        traced(numpy_write_into_a_computed_tensor), traced(numpy_write_into_a_computed_tensor)
+    )
+    assert d.kind == "nondeterministic-op" and d.event_a.op == "aten::add"  # blamed one op later
+    verified = [traced(numpy_write_into_a_computed_tensor, verify_inputs=True) for _ in range(2)]
+    d = diff_traces(*verified)
+    assert d.kind == "external-input" and d.details["origin"] == "modified"
+    assert d.event_a.op == "aten::add" and d.entered_event == 1  # produced by the mul
+    d = diff_traces(
+        traced(index_put_workload, verify_inputs=True),
+        traced(index_put_workload, verify_inputs=True),
+    )
     assert d.kind == "nondeterministic-op" and d.event_a.op == "aten::index_put_"
 
-    def numpy_write():
-        t = torch.zeros(3)
-        t.numpy()[:] = np.random.default_rng().normal(size=3)  # no version bump
-        (t + 1).sum()
 
-    d = diff_traces(traced(numpy_write), traced(numpy_write))
-    assert d.kind == "nondeterministic-op" and d.event_a.op == "aten::add"  # blamed one op later
+def test_trusting_producers_and_deriving_views_records_what_full_hashing_records():
+    """The fast path changes how inputs are identified, never what is compared: the same op
+    sequence, the same output fingerprints for every op that computes something, and traces
+    that diff alike."""
+    _, _, fast = cnn_steps(trace=True, steps=2)
+    torch.manual_seed(0)
+    model = SmallCNN()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+
+    def two_steps():
+        for _ in range(2):
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    full = traced(two_steps, verify_inputs=True)
+    assert [e.qualname for e in fast.events] == [e.qualname for e in full.events]
+    views = 0
+    for a, b in zip(fast.events, full.events, strict=True):
+        ns, name = a.op.split("::")
+        if getattr(getattr(getattr(torch.ops, ns), name), a.overload).is_view:
+            views += 1
+            continue
+        assert [s.key for s in a.outputs] == [s.key for s in b.outputs], a.describe()
+    assert views > 20
+    # a view's fingerprint is derived from its input's, not read from memory
+    derived = [e for e in fast.events if e.op == "aten::t"]
+    assert derived and all(e.inputs[0].hash != e.outputs[0].hash for e in derived)

@@ -135,7 +135,7 @@ class RunContext:
             self._start_trace(None)
 
     def _start_trace(self, root_module: Any) -> None:
-        from repro_check.core.optrace import OpTracer
+        from repro_check.trace.tracer import OpTracer
 
         self._tracer = OpTracer(root_module)
         self._tracer.__enter__()
@@ -144,7 +144,7 @@ class RunContext:
     def _stop_trace(self) -> None:
         if self._tracer is None or self._trace is None:
             return
-        from repro_check.core.trace_io import write_trace
+        from repro_check.trace.io import write_trace
 
         tracer, self._tracer = self._tracer, None
         tracer.__exit__(None, None, None)

@@ -6,11 +6,12 @@ import os
 import re
 from collections.abc import Callable
 
+from repro_check.trace.ops import NO_DETERMINISTIC_IMPLEMENTATION
+
 #: cuBLAS needs a fixed workspace for deterministic results (CUDA >= 10.2; PyTorch's notes).
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 DETERMINISTIC_ENV = {"CUBLAS_WORKSPACE_CONFIG": CUBLAS_WORKSPACE_CONFIG}
 
-_NO_DETERMINISTIC = re.compile(r"(\w+) does not have a deterministic implementation")
 _FRAME = re.compile(r"^(\S+\.py):(\d+): \w*Error", re.MULTILINE)
 
 
@@ -45,7 +46,7 @@ def enable_deterministic_mode() -> Callable[[], None]:
 def explain_deterministic_error(error_text: str) -> str:
     """For a traceback raised because an op has no deterministic kernel: name the op and the
     line that called it; '' when the error is something else."""
-    match = _NO_DETERMINISTIC.search(error_text)
+    match = NO_DETERMINISTIC_IMPLEMENTATION.search(error_text)
     if match is None:
         return ""
     frames = _FRAME.findall(error_text)

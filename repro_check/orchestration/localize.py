@@ -16,8 +16,8 @@ def localize_from_reruns(
     start_after: int | None = None,
 ) -> dict[str, Any]:
     """Diff the traces of two reruns; explain when the reruns cannot be compared."""
-    from repro_check.core.optrace import diff_traces
-    from repro_check.core.trace_io import read_trace
+    from repro_check.trace.diff import diff_traces
+    from repro_check.trace.io import read_trace
 
     failed = [r for r in reruns if r.outcome != "passed"]
     if failed:

@@ -2,7 +2,7 @@
 
 CPU-only CI cannot see CUDA nondeterminism, but it can see which ops a model runs. Each marked
 test runs once under the op tracer; the trace is matched against the CUDA nondeterminism table
-for the installed torch version (repro_check/data/cuda_nondeterminism.json), and the findings
+for the installed torch version (repro_check/data/op_knowledge.json), and the findings
 name the user's lines that call each risky op. PyTorch's own alerts
 (``use_deterministic_algorithms(True, warn_only=True)``) are collected during the same run.
 """
@@ -40,8 +40,9 @@ class AuditPlugin:
             return None
         import torch
 
-        from repro_check.core import gpu_risk
-        from repro_check.core.optrace import OpTracer
+        from repro_check.trace.audit import audit
+        from repro_check.trace.ops import nondeterminism_alert
+        from repro_check.trace.tracer import OpTracer
 
         funcargs = pyfuncitem.funcargs
         arguments = {name: funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
@@ -58,9 +59,9 @@ class AuditPlugin:
                     pyfuncitem.obj(**arguments)
             finally:
                 torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-        self.findings[pyfuncitem.nodeid] = gpu_risk.audit(tracer.events)
+        self.findings[pyfuncitem.nodeid] = audit(tracer.events)
         self.alerts[pyfuncitem.nodeid] = sorted(
-            {str(w.message).splitlines()[0] for w in caught if "deterministic" in str(w.message)}
+            {str(w.message).splitlines()[0] for w in caught if nondeterminism_alert(str(w.message))}
         )
         # Replicas judged in other processes still need this process to judge them.
         session = self.config.pluginmanager.get_plugin("repro-session")
@@ -69,7 +70,7 @@ class AuditPlugin:
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.findings:
             return
-        from repro_check.core.gpu_risk import format_findings
+        from repro_check.trace.audit import format_findings
 
         terminalreporter.section("repro GPU-risk audit")
         for nodeid, findings in self.findings.items():
@@ -85,7 +86,7 @@ class AuditPlugin:
             return
         import torch
 
-        from repro_check.core.gpu_risk import format_findings
+        from repro_check.trace.audit import format_findings
 
         document = {
             "schema": AUDIT_SCHEMA,
