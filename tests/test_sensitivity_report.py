@@ -589,6 +589,9 @@ def test_two_runs_make_no_decision_and_say_how_many_are_needed(tmp_path):
     (c,) = a.comparisons
     assert c.comparison.paired.improvement.p == 1.0
     assert c.comparison.decision == "too few runs"
+    terminal = sr.terminal_table(a)
+    assert f"{VARIANT_A} vs {VARIANT_B}, accuracy (paired)" in terminal
+    assert "decision: none: 2 pairs; the rule needs 29" in terminal
     sr.write_report(a, tmp_path, plots=False)
     md = (tmp_path / "sensitivity.md").read_text()
     assert "## A vs B" in md and "the rule needs 29" in md and "run 27 more" in md

@@ -61,7 +61,8 @@ def latex_tables(analysis: SensitivityAnalysis) -> str:
                 f"mean $\\pm$ std over runs where only one source of randomness varied "
                 f"(\\emph{{all}}: every source), {conf}\\% Student-t CI of the mean, "
                 f"interquartile mean, and share $= \\mathrm{{Var}}(\\text{{source}}) / "
-                f"\\mathrm{{Var}}(\\text{{all}})$."
+                f"\\mathrm{{Var}}(\\text{{all}})$, conditional on the other sources' seeds "
+                f"(shares need not sum to 1)."
             )
             if excluded:
                 caption += " $n$: runs used / runs launched (failed or non-finite runs excluded)."

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from repro_check.reporting.sensitivity.format import Fmt, isnum, pct, sig
+from repro_check.reporting.sensitivity.format import Fmt, bracket, decision_cell, isnum, pct, sig
 from repro_check.reporting.sensitivity.model import SensitivityAnalysis
 
 
@@ -38,6 +38,15 @@ def terminal_table(analysis: SensitivityAnalysis, *, show_warnings: bool = True)
                 )
                 first_test = first_metric = False
     text = tabulate(table, headers=headers, tablefmt="simple", disable_numparse=True)
+    for c in analysis.comparisons:
+        side = c.comparison.primary
+        imp, diff = side.improvement, side.mean_difference
+        text += (
+            f"\n{c.test_a} vs {c.test_b}, {c.metric} ({'paired' if side.paired else 'unpaired'}"
+            f"): mean A - B = {sig(diff.point, 3)} {bracket(lambda x: sig(x, 3), diff.low, diff.high)}"
+            f", P(A>B) = {sig(imp.p, 3)} {bracket(lambda x: sig(x, 3), imp.ci_low, imp.ci_high)}"
+            f"; decision: {decision_cell(imp)}"
+        )
     if show_warnings and analysis.warnings:
         text += "\n" + "\n".join(f"warning: {w.message}" for w in analysis.warnings)
     return text
