@@ -19,11 +19,22 @@ import textwrap
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 from pytest_runs import clean_env, failure_section
 
+from repro_check.core.atomic import StoredFileError
+from repro_check.core.record import Recorder, RunRecord
 from repro_check.core.seeding import root_seed_for_test
+from repro_check.orchestration.baseline import (
+    build_baseline,
+    check_baseline,
+    load_baseline,
+    write_baseline,
+)
+from repro_check.orchestration.gate import unchanged
 
 SCHEMA = "repro-check/baseline"
 
@@ -100,6 +111,14 @@ def edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new))
     for cached in path.parent.glob("__pycache__/*.pyc"):
         cached.unlink()
+
+
+def written_project(factory, name: str, filename: str, tests: str) -> tuple[Path, Path, Session]:
+    """A project of in-process replicas whose baselines were just written (--repro-update)."""
+    path = factory.mktemp(name)
+    write(path, "pytest.ini", "[pytest]\nrepro_mode = inprocess\n")
+    test_file = write(path, filename, tests)
+    return path, test_file, run_pytest(path, "--repro", "--repro-update", "-p", "no:cacheprovider")
 
 
 def load(path: Path) -> dict:
@@ -241,7 +260,9 @@ def test_changed_learning_rate_fails_the_gate_with_the_reason(cycle):
         "first difference: step 0, model.weight (float32, shape (2, 4)) is no longer bitwise equal"
         in text
     )
-    assert re.search(r"element \d+: baseline -?[\d.e-]+, now -?[\d.e-]+", text), text
+    assert re.search(
+        r"Greatest absolute difference: \S+ at index \(\d+, \d+\) \(\S+ vs \S+\)", text
+    )
     assert "environment: unchanged in every determinism-relevant way" in text
     assert "accept the change (rewrite the baseline, then commit it):" in text
     # the failure text ends with the exact command that accepts the change
@@ -281,7 +302,7 @@ def test_the_printed_accept_command_accepts_the_change(cycle):
 
 def test_baseline_file_format(cycle):
     text, document = cycle.created_text, json.loads(cycle.created_text)
-    assert document["schema"] == SCHEMA and document["schema_version"] == 1
+    assert document["schema"] == SCHEMA and document["schema_version"] == 2
     assert document["tolerances"] == {"atol": 1e-5, "rtol": 1e-3}  # the defaults
     assert document["environment"]["cpu"]["capability"]  # the snapshot it was made in
     assert len(text.encode()) < 64_000  # small
@@ -292,11 +313,11 @@ def test_baseline_file_format(cycle):
     ]
     assert entry_lines(text) == expected
     assert len(expected) == 3 * 3
-    for step in document["steps"]:  # small tensors keep their exact values
+    for step in document["steps"]:  # every step keeps statistics; small tensors every element
         weight = step["entries"]["model.weight"]
         assert weight["dtype"] == "float32" and weight["shape"] == [2, 4]
-        assert len(weight["values"]) == 8 and len(weight["digest"]) == 16
-        assert len(step["entries"]["metric.loss"]["values"]) == 1
+        assert len(weight["stats"]["sample"]) == 8 and len(weight["digest"]) == 16
+        assert len(step["entries"]["metric.loss"]["stats"]["sample"]) == 1
     changed = [
         next(iter(a))
         for a, b in zip(expected, entry_lines(cycle.accepted_text), strict=True)
@@ -409,17 +430,13 @@ def test_update_in_subprocess_mode_writes_statistics_and_values(env_story):
     assert document["environment"]["env_vars"].get("PYTHONHASHSEED") == "0"  # replica 0's
     steps = document["steps"]
     assert len(steps) == 10
-    with_stats = [s["step"] for s in steps if "stats" in s["entries"]["model.weight"]]
-    assert with_stats == [0, 1, 3, 4, 5, 6, 8, 9]  # eight evenly spaced steps
-    for step in steps:
-        weight = step["entries"]["model.weight"]  # 32 elements: statistics, not values
-        assert "values" not in weight and weight["shape"] == [4, 8]
-        bias = step["entries"]["model.bias"]  # 4 elements: exact values
-        if step["step"] in with_stats:
-            assert set(weight["stats"]) == {"mean", "std", "min", "max", "l2"}
-            assert len(bias["values"]) == 4
-        else:  # the fingerprint only
-            assert set(weight) == set(bias) == {"digest", "dtype", "shape"}
+    for step in steps:  # every step, whatever the spill budget
+        weight = step["entries"]["model.weight"]
+        assert weight["shape"] == [4, 8]
+        assert set(weight["stats"]) >= {"min", "max", "mean", "norm", "nan", "posinf", "neginf"}
+        assert 0 < len(weight["stats"]["sample"]) <= 32
+        bias = step["entries"]["model.bias"]  # 4 elements: all of them
+        assert len(bias["stats"]["sample"]) == 4
     assert (
         len(entry_lines((env_story.path / "repro_baselines/test_env/test_loose.json").read_text()))
         == 30
@@ -464,7 +481,9 @@ def test_ini_tolerance_applies_and_statistics_are_compared(env_story):
     assert "atol=0, rtol=0" in text  # the ini's tolerances: no marker here
     assert "first difference beyond tolerance: step 0, model.weight (float32, shape (4, 8))" in text
     assert re.search(
-        r"\b(mean|std|min|max|l2): baseline \S+, now \S+ \(\|diff\| \S+, allowed 0\)", text
+        r"Mismatched (statistics|sampled elements): \d+ / \d+ .*\n.*Greatest absolute difference: "
+        r"\S+ (in (min|max|mean|norm)|at index \(\d+, \d+\)) \(\S+ vs \S+\)\n",
+        text,
     ), text
 
 
@@ -543,16 +562,15 @@ class BadStory:
 @pytest.fixture(scope="module")
 def bad_story(tmp_path_factory) -> BadStory:
     """Baselines written, then damaged in the ways files get damaged; one test deleted."""
-    path = tmp_path_factory.mktemp("bad-baselines")
-    write(path, "pytest.ini", "[pytest]\nrepro_mode = inprocess\n")
-    test_file = write(path, BAD_FILE, BAD_TESTS)
-    update = run_pytest(path, "--repro", "--repro-update", "-p", "no:cacheprovider")
+    path, test_file, update = written_project(
+        tmp_path_factory, "bad-baselines", BAD_FILE, BAD_TESTS
+    )
     files = {name: path / bad_path(name) for name in BAD_NAMES}
     files["test_corrupt"].write_text("{ this is not JSON")
     text = files["test_truncated"].read_text()
     files["test_truncated"].write_text(text[: len(text) // 2])  # e.g. a botched merge
     text = files["test_future"].read_text()
-    files["test_future"].write_text(text.replace('"schema_version": 1', '"schema_version": 99'))
+    files["test_future"].write_text(text.replace('"schema_version": 2', '"schema_version": 99'))
     rewrite(files["test_no_steps"], lambda d: d.pop("steps"))
     rewrite(files["test_wrong_schema"], lambda d: d.update(schema="repro-check/report"))
     rewrite(
@@ -577,9 +595,9 @@ def test_update_writes_one_file_per_test(bad_story):
         ("test_truncated", ["not valid JSON", "Restore it from version control"]),
         (
             "test_future",
-            ["schema_version 99 is newer than this repro-check understands (1)", "upgrade"],
+            ["schema_version 99 is newer than this repro-check understands (2)", "upgrade"],
         ),
-        ("test_no_steps", ["'steps' is not a list (hand-edited or damaged?)", "--repro-update"]),
+        ("test_no_steps", ["'steps' is not a list, not None (hand-edited", "--repro-update"]),
         (
             "test_wrong_schema",
             ["expected a 'repro-check/baseline' document", "'repro-check/report'"],
@@ -927,3 +945,575 @@ def test_concurrent_writers_of_one_baseline_never_leave_a_broken_file(tmp_path):
     assert document["round"] == 39 and len(document["steps"]) == 5
     assert len(seen) > 1
     assert sorted(p.name for p in path.parent.iterdir()) == ["test_y.json"]  # no tmp/lock left
+
+
+# ----------------------------------------------------------------------------- tolerance holes
+#
+# The three holes of tolerance mode, each reproduced end to end: a baseline is written, its
+# environment edited (another torch thread count: a determinism-relevant difference, so the
+# gate must compare with tolerances), the test changed, and the gate must fail.
+
+HOLES_FILE = "test_holes.py"
+HOLES_TESTS = """
+import pytest
+import torch
+
+SCALE_AT = None
+NAN_AT = None
+
+
+def train(repro, scale_at=None, nan_at=None):
+    model = torch.nn.Linear(8, 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    data = repro.generator("data")
+    for step in range(repro.steps):
+        loss = model(torch.randn(16, 8, generator=data)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            if step == scale_at:
+                model.weight.mul_(1000)
+            if step == nan_at:
+                model.weight[0, 0] = float("nan")
+        repro.record(step, model=model, loss=loss)
+
+
+@pytest.mark.repro(steps=20)
+def test_x1000_at_step_1(repro):
+    train(repro, scale_at=SCALE_AT)
+
+
+@pytest.mark.repro(steps=5)
+def test_nan_appears(repro):
+    train(repro, nan_at=NAN_AT)
+
+
+@pytest.mark.repro(steps=5)
+def test_digests_only(repro):
+    train(repro, scale_at=SCALE_AT)
+"""
+
+
+@pytest.fixture(scope="module")
+def holes(tmp_path_factory) -> Session:
+    path, test_file, update = written_project(tmp_path_factory, "holes", HOLES_FILE, HOLES_TESTS)
+    assert update.outcomes() == {"passed": 3}, update.output
+
+    def other_threads(document: dict) -> None:
+        document["environment"]["threads"]["torch_num_threads"] += 1
+
+    for baseline in baseline_files(path):
+        rewrite(baseline, other_threads)
+    digests_only = path / "repro_baselines" / "test_holes" / "test_digests_only.json"
+    rewrite(  # what a baseline written after the spill budget ran out used to hold
+        digests_only,
+        lambda d: [e.pop("stats") for s in d["steps"] for e in s["entries"].values()],
+    )
+    edit(test_file, "SCALE_AT = None", "SCALE_AT = 1")
+    edit(test_file, "NAN_AT = None", "NAN_AT = 2")
+    return run_pytest(path, "--repro", "-p", "no:cacheprovider")
+
+
+def holes_id(name: str) -> str:
+    return f"{HOLES_FILE}::{name}"
+
+
+def test_hole_x1000_at_step_1_of_20_fails_in_tolerance_mode(holes):
+    row = holes.summary_row(holes_id("test_x1000_at_step_1"))
+    assert "mismatch (tolerance)" in row and "vs baseline: step 1: model.weight" in row, row
+    text = holes.failure("test_x1000_at_step_1")
+    assert "first difference beyond tolerance: step 1, model.weight" in text
+    assert "    threads.torch_num_threads: " in text  # why tolerance mode: one line each
+    assert "Mismatched statistics: 4 / 4 (100.0%)" in text
+
+
+def test_hole_a_nan_appearing_fails_in_tolerance_mode(holes):
+    row = holes.summary_row(holes_id("test_nan_appears"))
+    assert "mismatch (tolerance)" in row and "vs baseline: step 2: model.weight" in row, row
+    text = holes.failure("test_nan_appears")
+    assert "non-finite counts differ: NaN 0 -> 1" in text
+
+
+def test_hole_a_digests_only_baseline_fails_instead_of_passing(holes):
+    row = holes.summary_row(holes_id("test_digests_only"))
+    assert "unsupported (tolerance)" in row, row
+    text = holes.failure("test_digests_only")
+    assert "its baseline cannot support this comparison" in text
+    assert "cannot compare step 1, model.weight (float32, shape (4, 8)) with tolerances" in text
+    assert "--repro-update on the reference machine" in text
+    assert holes.outcomes() == {"failed": 3}, holes.output
+
+
+# ----------------------------------------------------------------------------- decisions (unit)
+#
+# Every decision of the gate as a function of a record, a baseline document and a snapshot:
+# no pytest session. Records come from the real Recorder without a spill file, so statistics
+# never depend on the spill budget.
+
+ENV_A = {"threads": {"torch": 2}}
+ENV_B = {"threads": {"torch": 1}}  # a determinism-relevant difference: tolerance mode
+TOL = (1e-5, 1e-3)
+
+
+def recorded(states: list[dict]) -> RunRecord:
+    recorder = Recorder(None)  # no spill file at all
+    for step, state in enumerate(states):
+        recorder.record(step, state)
+    return recorder.close()
+
+
+def weights(steps: int = 20, *, change: dict[int, object] | None = None, size=(32, 16)):
+    """A deterministic run of ``steps`` records; ``change[step](tensor)`` edits one step."""
+    generator = torch.Generator().manual_seed(0)
+    w = torch.randn(*size, generator=generator)
+    states = []
+    for step in range(steps):
+        w = w * 0.99 + 0.01 * torch.randn(*size, generator=generator)
+        shown = change[step](w.clone()) if change and step in change else w.clone()
+        states.append({"model.weight": shown, "loss": float(shown.pow(2).mean())})
+    return recorded(states)
+
+
+def document_of(record: RunRecord, env=ENV_A, fp64: RunRecord | None = None) -> dict:
+    return build_baseline("t.py::test", 7, 0, record, env, TOL, fp64_record=fp64)
+
+
+def stored(tmp_path: Path, document: dict) -> dict:
+    """Write and load back: what a later session reads."""
+    path = tmp_path / "b.json"
+    write_baseline(path, document)
+    return load_baseline(path)
+
+
+def test_every_step_and_key_keeps_statistics_without_any_spill_file(tmp_path):
+    document = stored(tmp_path, document_of(weights(20)))
+    assert document["schema_version"] == 2
+    assert len(document["steps"]) == 20
+    for step in document["steps"]:
+        for entry in step["entries"].values():
+            stats = entry["stats"]
+            assert set(stats) >= {"min", "max", "mean", "norm", "nan", "posinf", "neginf"}
+            assert stats["sample"]
+
+
+def test_same_run_in_tolerance_mode_matches_even_with_zero_tolerance(tmp_path):
+    document = stored(tmp_path, document_of(weights(3)))
+    check = check_baseline(document, weights(3), ENV_B, 0.0, 0.0)
+    assert (check.status, check.mode) == ("match", "tolerance")
+    assert check.reason_lines() == [check.reason, "  threads.torch: 2 -> 1"]
+
+
+def test_x1000_at_step_1_of_20_fails_in_tolerance_mode(tmp_path):
+    """Hole 2: statistics were kept for 8 sampled steps, and step 1 was not one of them."""
+    document = stored(tmp_path, document_of(weights(20)))
+    changed = weights(20, change={1: lambda w: w * 1000})
+    check = check_baseline(document, changed, ENV_B, *TOL)
+    assert (check.status, check.mode, check.step, check.key) == (
+        "mismatch",
+        "tolerance",
+        1,
+        "model.weight",
+    )
+    text = "\n".join(check.lines)
+    assert "first difference beyond tolerance: step 1, model.weight" in text
+    assert "Mismatched statistics: 4 / 4 (100.0%)" in text
+    assert re.search(r"Mismatched sampled elements: \d+ / \d+", text), text
+
+
+def test_a_nan_appearing_fails_whatever_the_tolerance(tmp_path):
+    """Hole 3: NaN/inf counts are compared exactly, not with atol."""
+
+    def poison(w: torch.Tensor) -> torch.Tensor:
+        w[3, 5] = float("nan")
+        return w
+
+    document = stored(tmp_path, document_of(weights(5)))
+    check = check_baseline(document, weights(5, change={2: poison}), ENV_B, 1e9, 1e9)
+    assert (check.status, check.step, check.key) == ("mismatch", 2, "model.weight")
+    assert "    non-finite counts differ: NaN 0 -> 1, +inf 0 -> 0, -inf 0 -> 0" in check.lines
+
+
+def test_a_baseline_without_statistics_fails_and_says_how_to_fix(tmp_path):
+    """Hole 1: a digests-only baseline passed anything in tolerance mode."""
+    document = document_of(weights(4))
+    for step in document["steps"]:
+        for entry in step["entries"].values():
+            del entry["stats"]
+    loaded = stored(tmp_path, document)
+    assert check_baseline(loaded, weights(4), ENV_B, *TOL).status == "match"  # same bits
+    check = check_baseline(loaded, weights(4, change={0: lambda w: w * 1000}), ENV_B, *TOL)
+    assert check.failed and check.status == "unsupported"
+    (line,) = check.lines
+    assert line.startswith("cannot compare step 0, model.weight (float32, shape (32, 16))")
+    assert "no statistics" in line and "--repro-update on the reference machine" in line
+
+
+def test_small_noise_is_within_tolerance(tmp_path):
+    document = stored(tmp_path, document_of(weights(6)))
+    noisy = weights(6, change={s: (lambda w: w * (1 + 1e-7)) for s in range(6)})
+    check = check_baseline(document, noisy, ENV_B, *TOL)
+    assert check.status == "match", check.lines
+    assert check_baseline(document, noisy, ENV_A, *TOL).status == "mismatch"  # bitwise
+
+
+def test_a_mean_near_zero_is_held_to_the_data_scale_not_to_itself(tmp_path):
+    centred = [{"x": torch.tensor([-1.0, 1.0, -1.0, 1.0] * 8)}]
+    shifted = [{"x": torch.tensor([-1.0, 1.0, -1.0, 1.0] * 8) + 1e-4}]
+    document = stored(tmp_path, document_of(recorded(centred)))
+    check = check_baseline(document, recorded(shifted), ENV_B, 0.0, 1e-3)
+    assert check.status == "match", check.lines  # 1e-4 of an RMS of 1, within rtol=1e-3
+
+
+def test_bitwise_mismatch_is_told_in_assert_close_words(tmp_path):
+    document = stored(tmp_path, document_of(weights(3)))
+    changed = weights(3, change={1: lambda w: w.index_put_((torch.tensor(0),), w[0] + 0.5)})
+    check = check_baseline(document, changed, ENV_A, *TOL)
+    assert (check.status, check.mode, check.step) == ("mismatch", "bitwise", 1)
+    assert check.lines[0] == (
+        "first difference: step 1, model.weight (float32, shape (32, 16)) is no longer "
+        "bitwise equal"
+    )
+    assert any(line.startswith("    Mismatched statistics: ") for line in check.lines)
+    assert any(
+        re.match(r"    Greatest absolute difference: 0.5 at index \(0, \d+\)", line)
+        for line in check.lines
+    ), check.lines
+
+
+def test_the_float64_rule_replaces_atol_when_the_baseline_has_a_float64_record(tmp_path):
+    def run(dtype, order: str = "blas", scale: float = 1.0):
+        g = torch.Generator().manual_seed(3)
+        a = torch.randn(64, 1024, generator=g, dtype=torch.float64) * 1e-3
+        x = torch.randn(1024, generator=g, dtype=torch.float64)
+        a, x = a.to(dtype), x.to(dtype)
+        y = a @ x if order == "blas" else (a.view(64, -1, 8) * x.view(-1, 8)).sum(-1).sum(-1)
+        return recorded([{"y": y * scale}])
+
+    document = stored(tmp_path, document_of(run(torch.float32), fp64=run(torch.float64)))
+    assert "fp64" in document["steps"][0]["entries"]["y"]
+    other_order = check_baseline(document, run(torch.float32, "chunk"), ENV_B, 0.0, 0.0)
+    assert other_order.status == "match", other_order.lines  # atol=0 would have failed it
+    assert "judged by the float64 rule" in other_order.reason
+    scaled = check_baseline(document, run(torch.float32, scale=1.01), ENV_B, 1e9, 1e9)
+    assert scaled.status == "mismatch"  # a huge atol does not excuse a real bug
+    assert any(line.startswith("    float64 rule: ") for line in scaled.lines), scaled.lines
+
+
+def test_common_steps_are_compared_when_the_step_counts_differ(tmp_path):
+    document = stored(tmp_path, document_of(weights(30)))
+    check = check_baseline(document, weights(10), ENV_A, *TOL)
+    assert check.status == "steps" and check.failed
+    assert check.steps_note.startswith(
+        "the step counts differ (baseline 30 steps 0..29, this run 10 0..9); "
+        "compared the 10 common steps"
+    )
+    assert "and they agree bitwise" in check.lines[0]
+    chosen = check_baseline(document, weights(10), ENV_A, *TOL, steps_overridden=True)
+    assert chosen.status == "match" and chosen.steps_note  # --repro-steps=10 asked for it
+    changed = weights(10, change={4: lambda w: w * 2})
+    broken = check_baseline(document, changed, ENV_A, *TOL, steps_overridden=True)
+    assert (broken.status, broken.step) == ("mismatch", 4)
+    assert broken.lines[-1] == broken.steps_note
+    longer = check_baseline(stored(tmp_path, document_of(weights(5))), weights(8), ENV_A, *TOL)
+    assert longer.status == "steps"  # steps 5..7 have nothing to be compared with
+
+
+def test_structure_changes_are_structural(tmp_path):
+    document = stored(tmp_path, document_of(recorded([{"x": torch.ones(4)}])))
+    assert check_baseline(document, recorded([{"y": torch.ones(4)}]), ENV_A, *TOL).status == (
+        "structural"
+    )
+    reshaped = check_baseline(document, recorded([{"x": torch.ones(2, 2)}]), ENV_B, *TOL)
+    assert reshaped.status == "structural" and "float32(4,)" in reshaped.lines[0]
+
+
+def test_a_tensor_without_statistics_in_this_run_is_unsupported(tmp_path):
+    document = stored(tmp_path, document_of(weights(2)))
+    changed = weights(2, change={0: lambda w: w + 1})
+    entry = changed.steps[0].entries["model.weight"]
+    fp = entry.fingerprint
+    bare = SimpleNamespace(digest=fp.digest, dtype=fp.dtype, shape=fp.shape, stats=None)
+    changed.steps[0].entries["model.weight"] = SimpleNamespace(fingerprint=bare)
+    check = check_baseline(document, changed, ENV_B, *TOL)
+    assert check.status == "unsupported"
+    assert "this run kept no statistics for it" in check.lines[0]
+
+
+def test_another_sampling_scheme_is_unsupported_not_compared(tmp_path):
+    document = stored(tmp_path, document_of(weights(2)))
+    stats = document["steps"][0]["entries"]["model.weight"]["stats"]
+    stats["sample_index"] = [i + 1 for i in stats.get("sample_index", range(len(stats["sample"])))]
+    check = check_baseline(document, weights(2, change={0: lambda w: w + 1}), ENV_B, *TOL)
+    assert check.status == "unsupported" and "sampled other elements" in check.lines[0]
+
+
+def test_the_seed_note_names_the_seed_to_rerun_with(tmp_path):
+    document = stored(tmp_path, document_of(weights(2)))
+    check = check_baseline(document, weights(2), ENV_A, *TOL, seed=8)
+    assert "--repro-seed=0 to compare like with like" in check.seed_note
+
+
+# ----------------------------------------------------------------------------- version 1 files
+
+BIG = torch.linspace(-2.0, 2.0, 32).reshape(4, 8)
+
+
+def v1_document() -> dict:
+    """What repro-check wrote before schema 2: values for small tensors, statistics for some
+    steps, fingerprints only for the others (and for every step once the spill budget ran out)."""
+    values = BIG.double()
+    return {
+        "schema": SCHEMA,
+        "schema_version": 1,
+        "seed": 7,
+        "base_seed": 0,
+        "environment": ENV_A,
+        "steps": [
+            {
+                "step": 0,
+                "entries": {
+                    "small": {
+                        "digest": "a" * 16,
+                        "dtype": "float32",
+                        "shape": [2],
+                        "values": [0.5, -1.0],
+                    },
+                    "big": {
+                        "digest": "b" * 16,
+                        "dtype": "float32",
+                        "shape": [4, 8],
+                        "stats": {
+                            "mean": float(values.mean()),
+                            "std": float(values.std(correction=0)),
+                            "min": -2.0,
+                            "max": 2.0,
+                            "l2": float(values.norm()),
+                        },
+                    },
+                },
+            },
+            {
+                "step": 1,
+                "entries": {
+                    "small": {"digest": "c" * 16, "dtype": "float32", "shape": [2]},
+                    "big": {"digest": "d" * 16, "dtype": "float32", "shape": [4, 8]},
+                },
+            },
+        ],
+    }
+
+
+def test_version_1_files_are_read(tmp_path):
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(v1_document()))
+    document = load_baseline(path)
+    assert document["schema_version"] == 1
+    small = document["steps"][0]["entries"]["small"]["stats"]
+    assert (small["min"], small["max"], small["mean"]) == (-1.0, 0.5, -0.25)
+    assert small["sample"] == [0.5, -1.0] and small["nan"] == 0
+    big = document["steps"][0]["entries"]["big"]["stats"]
+    assert (big["max"], big["sample"], big["nan"], big["posinf"]) == (2.0, [], 0, 0)
+    assert "stats" not in document["steps"][1]["entries"]["big"]
+
+
+def test_version_1_values_and_statistics_compare_and_fingerprint_only_steps_fail(tmp_path):
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(v1_document()))
+    document = load_baseline(path)
+    run = recorded(
+        [
+            {"small": torch.tensor([0.5, -1.0000001]), "big": BIG},
+            {"small": torch.ones(2), "big": BIG},
+        ]
+    )
+    check = check_baseline(document, run, ENV_B, *TOL)
+    assert (check.status, check.step, check.key) == ("unsupported", 1, "small"), check.lines
+    assert "schema 2" in check.lines[0] and "--repro-update" in check.lines[0]
+    run.steps[0].entries["small"] = (
+        recorded([{"small": torch.tensor([0.5, -2.0])}]).steps[0].entries["small"]
+    )
+    moved = check_baseline(document, run, ENV_B, *TOL)
+    assert (moved.status, moved.step, moved.key) == ("mismatch", 0, "small")
+    assert (
+        "    Greatest absolute difference: 1 at index (1) (-1.0 vs -2.0) (up to 1e-05 allowed)"
+        in moved.lines
+    )
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+
+def hand_edit(path: Path, text_edit) -> None:
+    path.write_text(text_edit(path.read_text()))
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "field"),
+    [
+        ("string", lambda t: re.sub(r'"max": [^,]+', '"max": "big"', t, count=1), "stats.max"),
+        ("null step", lambda t: t.replace('{"step": 1,', '{"step": null,', 1), "steps[1].step"),
+        ("huge float", lambda t: t.replace('"nan": 0', '"nan": 1e999', 1), "stats.nan"),
+        ("huge int", lambda t: t.replace('"seed": 7', '"seed": ' + "9" * 4000, 1), "seed"),
+        (
+            "int beyond 4300 digits",
+            lambda t: t.replace('"seed": 7', '"seed": ' + "9" * 5000, 1),
+            "",
+        ),
+        (
+            "deep environment",
+            lambda t: t.replace(
+                '"environment": {', '"environment": {"x": ' + "[" * 40 + "]" * 40 + ", ", 1
+            ),
+            "environment.x",
+        ),
+        (
+            "absurd nesting",
+            lambda t: t.replace(
+                '"environment": {',
+                '"environment": {"x": ' + "[" * 100_000 + "]" * 100_000 + ", ",
+                1,
+            ),
+            "",
+        ),
+        ("repeated step", lambda t: t.replace('{"step": 1,', '{"step": 0,', 1), "steps[1].step"),
+        (
+            "sample of text",
+            lambda t: re.sub(r'"sample": \[[^\]]*\]', '"sample": ["x"]', t, count=1),
+            "sample",
+        ),
+        ("shape", lambda t: t.replace('"shape": [32, 16]', '"shape": [32, -16]', 1), "shape"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_hand_edited_values_are_clear_errors_naming_file_and_field(tmp_path, name, change, field):
+    path = tmp_path / "baseline.json"
+    write_baseline(path, document_of(weights(2)))
+    hand_edit(path, change)
+    with pytest.raises(StoredFileError) as caught:
+        load_baseline(path)
+    message = str(caught.value)
+    assert message.startswith(f"{path}: "), message
+    assert "--repro-update" in message or "regenerate it" in message, message
+    assert field in message, message
+    assert len(message) < 400, message
+    # and --repro-update repairs it: the file is never kept as "unchanged", it is rewritten
+    assert not unchanged(path, weights(2), ENV_A, 7)
+    write_baseline(path, document_of(weights(2)))
+    assert check_baseline(load_baseline(path), weights(2), ENV_A, *TOL).status == "match"
+
+
+def test_a_read_only_folder_is_a_clear_error_and_leaves_no_lock(tmp_path):
+    folder = tmp_path / "repro_baselines"
+    folder.mkdir()
+    path = folder / "test_x.json"
+    # A real read-only folder. Root writes anywhere, so the writer drops to another user first.
+    script = textwrap.dedent(
+        f"""
+        import json, os, sys
+        from pathlib import Path
+        import filelock  # import everything before dropping to a user who cannot read it
+        from repro_check.core.atomic import StoredFileError
+        from repro_check.orchestration.baseline import write_baseline
+        document = json.loads(sys.stdin.read())
+        if os.geteuid() == 0:
+            os.setgid(65534)
+            os.setuid(65534)
+        try:
+            write_baseline(Path({str(path)!r}), document)
+        except StoredFileError as exc:
+            print(exc)
+        """
+    )
+    folder.chmod(0o555)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            input=json.dumps(document_of(weights(1))),
+            capture_output=True,
+            text=True,
+            env=clean_env(),
+            timeout=120,
+        )
+    finally:
+        folder.chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"{path}: cannot write the baseline: "), done.stdout
+    assert "read-only" in done.stdout and "--repro-update" in done.stdout
+    assert list(folder.iterdir()) == []  # no baseline, no temp file, no .lock
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_no_lock(tmp_path, monkeypatch):
+    import errno
+
+    from repro_check.orchestration import baseline as bl
+
+    def full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(bl, "atomic_write_text", full)
+    path = tmp_path / "repro_baselines" / "test_x.json"
+    with pytest.raises(StoredFileError, match="no space left on the disk") as caught:
+        write_baseline(path, document_of(weights(1)))
+    assert str(caught.value).startswith(f"{path}: cannot write the baseline: No space left")
+    assert list(path.parent.iterdir()) == []
+
+
+def test_integer_tensors_that_differ_fail_exactly_in_tolerance_mode(tmp_path):
+    document = stored(tmp_path, document_of(recorded([{"count": torch.tensor([3, 4])}])))
+    check = check_baseline(document, recorded([{"count": torch.tensor([3, 5])}]), ENV_B, 1, 1)
+    assert check.status == "mismatch"
+    assert "int64 values are compared exactly" in check.lines[1]
+
+
+def test_complex_tensors_are_compared_through_their_real_view(tmp_path):
+    z = torch.tensor([1 + 2j, 3 - 4j, 0.5j], dtype=torch.complex64)
+    document = stored(tmp_path, document_of(recorded([{"z": z}])))
+    assert check_baseline(document, recorded([{"z": z * (1 + 1e-7)}]), ENV_B, *TOL).status == (
+        "match"
+    )
+    moved = z.clone()
+    moved[2] = 0.75j
+    check = check_baseline(document, recorded([{"z": moved}]), ENV_B, *TOL)
+    assert check.status == "mismatch"
+    assert any("at index (2, 1) (0.5 vs 0.75)" in line for line in check.lines), check.lines
+
+
+def failure_text(check) -> str:
+    from repro_check.orchestration.verdict import BASELINE_MISMATCH, BaselineOutcome, TestVerdict
+    from repro_check.reporting.verdicts import failure_message
+
+    verdict = TestVerdict("t.py::test", 7, 0, BASELINE_MISMATCH, [])
+    verdict.baseline = BaselineOutcome("b.json", "checked", "today", check=check)
+    return failure_message(verdict)
+
+
+def test_a_shorter_run_is_not_blamed_on_the_code_or_the_data(tmp_path):
+    document = stored(tmp_path, document_of(weights(30)))
+    text = failure_text(check_baseline(document, weights(10), ENV_A, *TOL))
+    assert "t.py::test recorded other steps than its baseline" in text
+    assert "the step counts differ (baseline 30 steps 0..29, this run 10 0..9)" in text
+    assert "the code or the data changed" not in text
+    changed = failure_text(
+        check_baseline(document, weights(30, change={3: lambda w: -w}), ENV_A, *TOL)
+    )
+    assert "the code or the data changed the numbers" in changed  # same env, same steps
+
+
+def test_the_reason_for_tolerance_mode_is_one_line_per_relevant_difference(tmp_path):
+    document = stored(
+        tmp_path,
+        document_of(weights(2), env={"threads": {"torch": 2}, "cpu": {"capability": "AVX2"}}),
+    )
+    changed = weights(2, change={0: lambda w: w * 2})
+    check = check_baseline(
+        document, changed, {"threads": {"torch": 1}, "cpu": {"capability": "DEFAULT"}}, *TOL
+    )
+    text = failure_text(check)
+    reason = text.split("comparison: tolerance -- ", 1)[1].splitlines()
+    assert reason[0].startswith("the environment differs from the baseline's in 2 ")
+    assert reason[1:4] == [
+        "  environment changes since the baseline (determinism-relevant):",
+        "    cpu.capability: AVX2 -> DEFAULT",
+        "    threads.torch: 2 -> 1",
+    ]
