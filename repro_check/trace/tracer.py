@@ -22,9 +22,10 @@ as little per op as the diff needs):
 
 * **Outputs are hashed; inputs are identified by their producer.** A tensor a traced op
   produced, read later with its version counter unchanged (the same Python object), reuses the
-  producer's fingerprint. Tensors no traced op computed from other tensors are hashed each time
-  they are read: external ones, factory outputs (``zeros``, ``full``: buffers that code fills)
-  and uninitialised memory. The blind spot: a write that bypasses the dispatcher *and* the
+  producer's fingerprint; so does a parameter (a tensor that requires grad) after its first
+  read. Other tensors no traced op computed from other tensors are hashed each time they are
+  read: external data, factory outputs (``zeros``, ``full``: buffers that code fills) and
+  uninitialised memory. The blind spot: a write that bypasses the dispatcher *and* the
   version counter (through ``.numpy()``, DLPack, a raw pointer) into a tensor a traced op
   computed from other tensors goes unseen until a later op's output differs, and that op is
   blamed. ``verify_inputs=True`` re-hashes every input (and hashes views by content) and
@@ -212,6 +213,7 @@ class OpTracer(TorchDispatchMode):
         self._uninit: dict[tuple, tuple[int, int]] = {}  # garbage key -> (data_ptr, event)
         # id(tensor) -> (weakref, version when produced or None: not trusted, signature)
         self._live: dict[int, tuple[Any, int | None, TensorSig]] = {}
+        self._settle: list[tuple[Any, TensorSig]] = []  # views / writes of the last op
         self._seq_to_event: dict[int, int] = {}  # autograd sequence nr -> forward event
         self._last_seq = -1
         self._interned: dict[Any, Any] = {}
@@ -255,6 +257,7 @@ class OpTracer(TorchDispatchMode):
             self._remove_hooks()
             self._module_stack = []
             self._live.clear()  # weak references to the run's tensors: not needed any more
+            self._settle = []
             self._locator.release()
 
     def _remove_hooks(self) -> None:
@@ -333,9 +336,15 @@ class OpTracer(TorchDispatchMode):
         if entry is not None:
             return _sig((h, dtype, shape, "modified", entry[2].origin_event, cls))
         first = self._first_seen.setdefault(key, index)
-        return _sig((h, dtype, shape, "external", first, cls))
+        sig = _sig((h, dtype, shape, "external", first, cls))
+        if entry is None and t.requires_grad:
+            # a parameter made before tracing began: trusted like an output from now on
+            # (data and buffers are not: code refills them through numpy)
+            self._remember(t, sig, True)
+        return sig
 
     def _output(self, t: torch.Tensor, index: int, trusted: bool, uninit: bool) -> TensorSig:
+        """Fingerprint an output; ``trusted``: reuse it for reads while the version holds."""
         h, dtype, shape, cls = self._hash(t)
         key = (h, dtype, shape)
         if uninit:
@@ -364,9 +373,7 @@ class OpTracer(TorchDispatchMode):
         index: int,
     ) -> TensorSig:
         h = mix(base.hash, info.op_hash, args_hash, position)
-        sig = _sig((h, dtype_name(t.dtype), self._shape(t), "traced", index, base.cls))
-        self._remember(t, sig, True)
-        return sig
+        return _sig((h, dtype_name(t.dtype), self._shape(t), "traced", index, base.cls))
 
     def _remember(self, t: torch.Tensor, sig: TensorSig, trusted: bool) -> None:
         try:
@@ -407,6 +414,12 @@ class OpTracer(TorchDispatchMode):
         info = _OP_INFO.get(func)
         if info is None:
             info = _OP_INFO[func] = _OpInfo(func)
+        if self._settle:  # weak references: holding the tensors would change what autograd
+            for ref, sig in self._settle:  # does (it steals buffers nobody else holds)
+                t = ref()
+                if t is not None:
+                    self._live[id(t)] = (ref, t._version, sig)
+            self._settle = []
 
         if info.nested or kwargs:
             leaves: Any = []
@@ -469,12 +482,12 @@ class OpTracer(TorchDispatchMode):
             out_leaves: list[Any] = []
             _flatten(out, out_leaves)
             out_tensors = [x for x in out_leaves if isinstance(x, _Tensor)]
+        written: list[Any] = []  # tensors the op wrote in place (in-place and out= ops)
         for pos, name, kwarg_only in info.mutated:
-            ml: list[Any] = []
-            _flatten(_arg(args, kwargs, pos, name, kwarg_only, None), ml)
-            for x in ml:
-                if isinstance(x, _Tensor) and not any(x is o for o in out_tensors):
-                    out_tensors.append(x)
+            _flatten(_arg(args, kwargs, pos, name, kwarg_only, None), written)
+        for x in written:
+            if isinstance(x, _Tensor) and not any(x is o for o in out_tensors):
+                out_tensors.append(x)
         if (
             info.view
             and inputs
@@ -485,6 +498,9 @@ class OpTracer(TorchDispatchMode):
             outputs = tuple(
                 [self._view(t, base, k, args_hash, info, index) for k, t in enumerate(out_tensors)]
             )
+            # a view shares its base's version counter only once ADInplaceOrView (above this
+            # mode) has wrapped it: remember it when the next op starts
+            self._settle = [(weakref.ref(t), o) for t, o in zip(out_tensors, outputs, strict=True)]
         else:
             # outputs computed from tensors are trusted while their version counter holds;
             # factory outputs (no tensor input: zeros, full, empty...) are buffers code fills,
@@ -492,6 +508,12 @@ class OpTracer(TorchDispatchMode):
             trusted = bool(inputs) and not info.view
             uninit = info.uninit or bool(info.view and inputs and inputs[0].cls == "uninitialized")
             outputs = tuple([self._output(t, index, trusted, uninit) for t in out_tensors])
+            if written and trusted and not uninit:
+                # their version counter moves once more when the op returns (ADInplaceOrView
+                # bumps it above this mode): read it when the next op starts
+                self._settle = [
+                    (weakref.ref(t), o) for t, o in zip(out_tensors, outputs, strict=True)
+                ]
         if index in self.capture_outputs_of:
             self.captured[index] = tuple(t.detach().to("cpu", copy=True) for t in out_tensors)
 
