@@ -1,0 +1,99 @@
+"""``--repro-variants`` / ``@pytest.mark.repro(variants=[...])``: from pytest items to the
+variant plan, and from the replica pool to each variant's results. Hooks stay in
+:mod:`repro_check.pytest_plugin.parent`; the decisions are in
+:mod:`repro_check.orchestration.variants` and :mod:`repro_check.orchestration.drift`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from repro_check.orchestration.executor import ReplicaPool
+from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec
+from repro_check.orchestration.variants import (
+    PlannedVariant,
+    Variant,
+    parse_variants,
+    plan_variants,
+    probe_capabilities,
+    with_judge,
+)
+from repro_check.pytest_plugin.items import is_repro_item, marker_of
+from repro_check.pytest_plugin.options import Options
+
+
+def wanted_variants(items: Sequence[pytest.Item], options: Options) -> dict[str, list[Variant]]:
+    """Each marked test's variants: the session's (--repro-variants, ini) and its marker's,
+    with the float64 judge added."""
+    wanted = {}
+    for item in items:
+        if not is_repro_item(item):
+            continue
+        variants = with_judge(parse_variants([*options.variants, *marker_of(item).variants]))
+        if variants:
+            wanted[item.nodeid] = variants
+    return wanted
+
+
+def plan_session(
+    items: Sequence[pytest.Item], options: Options, first_index: int, *, gpu_workers: bool = False
+) -> list[PlannedVariant]:
+    """The session's variant plan (empty when no test asks for variants)."""
+    wanted = wanted_variants(items, options)
+    if not wanted:
+        return []
+    if options.mode != "subprocess":
+        raise pytest.UsageError(
+            "backend variants run in fresh processes beside subprocess replicas: drop "
+            "--repro-mode=inprocess (or the variants)"
+        )
+    return plan_variants(
+        wanted,
+        probe_capabilities(gpu_workers=gpu_workers),
+        runs=options.variant_runs,
+        first_index=first_index,
+    )
+
+
+def extra_jobs(
+    plan: Sequence[PlannedVariant], only: str | None = None
+) -> list[tuple[list[str], ReplicaSpec]]:
+    """(tests, spec) for every variant replica process the plan starts (``only``: for one test,
+    as under pytest-xdist, where each test starts its own processes)."""
+    if only is not None:
+        return [([only], spec) for p in plan if only in p.nodeids for spec in p.specs]
+    return [(list(p.nodeids), spec) for p in plan for spec in p.specs]
+
+
+def results_of(
+    pool: ReplicaPool, nodeid: str, tick: Callable[[], None] | None = None
+) -> Callable[[PlannedVariant], Iterator[ReplicaResult]]:
+    """What the variant stage asks for: one variant's replica results for ``nodeid``."""
+
+    def of(planned: PlannedVariant) -> Iterator[ReplicaResult]:
+        for spec in planned.specs:
+            yield pool.result(nodeid, spec.index, tick)
+
+    return of
+
+
+def header_line(plan: Sequence[PlannedVariant]) -> str:
+    runs = [p for p in plan if p.specs]
+    skipped = [p for p in plan if not p.specs]
+    parts = [f"{p.variant.describe()} x{len(p.specs)}" for p in runs]
+    text = "repro-check variants: " + (", ".join(parts) or "none runnable here")
+    if skipped:
+        text += "; skipped: " + "; ".join(f"{p.name} ({p.skipped})" for p in skipped)
+    return text
+
+
+def variant_options(options: Options) -> tuple[str, ...]:
+    """The options a rerun command needs to run the same variants."""
+    extra: list[Any] = []
+    if options.variants:
+        extra.append(f"--repro-variants={','.join(options.variants)}")
+    if options.variants and options.variant_runs != options.runs:
+        extra.append(f"--repro-variant-runs={options.variant_runs}")
+    return tuple(extra)
