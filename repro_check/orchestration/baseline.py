@@ -89,7 +89,8 @@ def stats_json(stats: Any, dtype: str) -> dict[str, Any] | None:
     if stats is None:
         return None
     data: dict[str, Any] = {name: number(float(getattr(stats, name))) for name in STAT_NAMES}
-    data.update({name: int(getattr(stats, name)) for name in COUNT_NAMES})
+    counts = {name: int(getattr(stats, name)) for name in COUNT_NAMES}
+    data.update({name: n for name, n in counts.items() if n})  # zero counts are left out
     sample = [_element(float(v), dtype) for v in stats.sample]
     index = [int(i) for i in stats.sample_index]
     data["sample"] = sample
@@ -470,12 +471,12 @@ def _describe(
 def _count_lines(stats: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """NaN/inf counts are compared exactly: a NaN appearing is never within a tolerance."""
     if "inf" in stats:  # version 1: +inf and -inf together
-        before = (stats["nan"], stats["inf"])
-        after = (now["nan"], now["posinf"] + now["neginf"])
+        before = (stats.get("nan", 0), stats["inf"])
+        after = (now.get("nan", 0), now.get("posinf", 0) + now.get("neginf", 0))
         names = ("NaN", "inf")
     else:
-        before = tuple(stats[n] for n in COUNT_NAMES)
-        after = tuple(now[n] for n in COUNT_NAMES)
+        before = tuple(stats.get(n, 0) for n in COUNT_NAMES)
+        after = tuple(now.get(n, 0) for n in COUNT_NAMES)
         names = ("NaN", "+inf", "-inf")
     if before == after:
         return []

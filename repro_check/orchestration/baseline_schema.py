@@ -160,8 +160,8 @@ def _validate_stats(stats: Any, where: str, numel: int) -> None:
     for name in STAT_NAMES:
         value = stats.get(name)
         _require(_is_number(value), f"{where}.{name}", "must be a number", value)
-    for name in COUNT_NAMES:
-        value = stats.get(name)
+    for name in COUNT_NAMES:  # absent: 0
+        value = stats.get(name, 0)
         _require(_is_int(value, 0, numel + 1), f"{where}.{name}", f"must be 0..{numel}", value)
     sample = stats.get("sample")
     limit = min(numel, MAX_SAMPLE)
