@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
 import sys
 
 import numpy as np
@@ -11,7 +13,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from repro_check.core.atomic import StoredFileError
 from repro_check.trace.diff import diff_traces
+from repro_check.trace.io import read_trace, write_trace
 from repro_check.trace.ops import load_table
 from repro_check.trace.replay import compare_event_outputs, replay_divergence
 from repro_check.trace.tracer import OpTracer
@@ -587,3 +591,56 @@ def test_trusting_producers_and_deriving_views_records_what_full_hashing_records
     # a view's fingerprint is derived from its input's, not read from memory
     derived = [e for e in fast.events if e.op == "aten::t"]
     assert derived and all(e.inputs[0].hash != e.outputs[0].hash for e in derived)
+
+
+def test_trace_files_round_trip_and_refuse_what_they_cannot_read(tmp_path):
+    _, _, tr = cnn_steps(trace=True, steps=1)
+    path = tmp_path / "trace.jsonl"
+    write_trace(path, tr.events, truncated=False)
+    events, truncated = read_trace(path)
+    assert not truncated and len(events) == len(tr.events)
+    for a, b in zip(tr.events, events, strict=True):
+        assert (a.qualname, a.inputs, a.outputs, a.source, a.module_path) == (
+            b.qualname,
+            b.inputs,
+            b.outputs,
+            b.source,
+            b.module_path,
+        )
+        # flags holding dtypes, layouts or enums come back as their repr
+        assert json.loads(json.dumps(list(a.flags), default=repr)) == list(b.flags)
+    assert diff_traces(tr, events).kind == "identical"
+    assert not list(tmp_path.glob(".*.tmp"))  # written through a temp file and a rename
+
+    lines = path.read_text().splitlines(keepends=True)
+    header = json.loads(lines[0])
+    assert header["schema"] == "repro-check/op-trace" and header["events"] == len(events)
+    broken = {
+        "corrupt.jsonl": (lines[:3] + ["{not json\n"] + lines[4:], r"corrupt.jsonl:4: corrupt"),
+        "short.jsonl": (lines[:-5], "the header says"),
+        "newer.jsonl": (
+            [json.dumps(dict(header, schema_version=99)) + "\n"] + lines[1:],
+            "upgrade repro-check",
+        ),
+        "other.jsonl": (['{"truncated": false}\n'] + lines[1:], "not a 'repro-check/op-trace'"),
+    }
+    for name, (content, message) in broken.items():
+        (tmp_path / name).write_text("".join(content))
+        with pytest.raises(StoredFileError, match=message):
+            read_trace(tmp_path / name)
+    with pytest.raises(StoredFileError, match="cannot read"):
+        read_trace(tmp_path / "missing.jsonl")
+
+
+def test_the_trace_package_reads_and_diffs_traces_without_importing_torch():
+    code = (
+        "import sys\n"
+        "from repro_check.trace import diff_traces, load_table, read_trace\n"
+        "from repro_check.trace.audit import audit\n"
+        "import repro_check.orchestration.localize\n"
+        "load_table()\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
