@@ -9,10 +9,18 @@ real processes: one ``pytest --repro`` session holds every replica fault at once
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
+from pytest_runs import Finished, clean_env
 
 from repro_check.cli import main as cli_main
 from repro_check.core.checkpoint import load_checkpoint, save_checkpoint
@@ -21,9 +29,23 @@ from repro_check.core.record import Recorder, RunRecord
 from repro_check.core.seeding import SeedPlan, root_seed_for_test
 from repro_check.core.spill import SpillWriter
 from repro_check.orchestration.case import Case, SessionSettings
+from repro_check.orchestration.channel import ChannelWriter
 from repro_check.orchestration.checkpoints import save_last_step
+from repro_check.orchestration.executor import (
+    EXIT_NO_SPACE,
+    ReplicaPool,
+    WorkerJob,
+    summarize_output,
+)
+from repro_check.orchestration.launcher import (
+    OWNER_FILE,
+    WorkerLauncher,
+    WorkerSettings,
+    remove_stale_folders,
+    session_folder,
+)
 from repro_check.orchestration.replay import VerdictPipeline
-from repro_check.orchestration.replicas import ReplicaResult, default_specs
+from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, default_specs
 from repro_check.orchestration.verdict import IDENTICAL
 
 NODEID = "tests/test_model.py::test_train"
@@ -182,3 +204,452 @@ def test_an_old_baseline_is_read_and_the_changed_root_seed_named(tmp_path):
     other_base = build_baseline(NODEID, root_seed_for_test(3, NODEID), 3, record, {}, (0, 0))
     check = check_baseline(other_base, record, {}, 0, 0, seed=root_seed_for_test(0, NODEID))
     assert check.seed_note.startswith("the seed differs")  # a different --repro-seed
+
+
+# ----------------------------------------------------------------------------- the replica pool
+
+
+@dataclass
+class ScriptedJob(WorkerJob):
+    """A worker without a process: writes its scripted channel lines, then "exits" with
+    ``status``; with ``hang`` it waits until killed (as a hung test does)."""
+
+    script: list = field(default_factory=list)
+    status: int = 0
+    hang: bool = False
+    _killed: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> int:
+        writer = ChannelWriter(self.channel)
+        for document in self.script:
+            writer.write(document)
+        writer.close()
+        if self.hang:
+            self._killed.wait(30)
+            return -9
+        return self.status
+
+    def kill(self) -> None:
+        self.cancelled = True
+        self._killed.set()
+
+    terminate = kill
+
+
+def passed(nodeid: str, replica: int = 0) -> dict:
+    return ReplicaResult(nodeid, replica, "passed", run_id=str(replica)).to_json()
+
+
+def start(nodeid: str, at: float = 0.0, timeout: float | None = None) -> dict:
+    return {"event": "start", "nodeid": nodeid, "run": "0", "time": at, "timeout": timeout}
+
+
+def step(k: int) -> dict:
+    return {"event": "step", "step": k}
+
+
+def scripted(tmp_path: Path, nodeids, script, status=0, attempt=0, **kw) -> ScriptedJob:
+    folder = tmp_path / f"job-{attempt}"
+    folder.mkdir()
+    return ScriptedJob(
+        ReplicaSpec(0, {"PYTHONHASHSEED": "0"}),
+        [],
+        {},
+        str(tmp_path),
+        folder / "channel.jsonl",
+        folder / "output.txt",
+        nodeids=tuple(nodeids),
+        attempt=attempt,
+        script=script,
+        status=status,
+        **kw,
+    )
+
+
+class Relauncher:
+    """Hands out the next scripted job when the pool restarts a dead worker."""
+
+    def __init__(self, tmp_path: Path, *scripts):
+        self.tmp_path, self.scripts, self.calls = tmp_path, list(scripts), []
+
+    def __call__(self, job, done):
+        self.calls.append(sorted(done))
+        script, status = self.scripts.pop(0)
+        left = [n for n in job.nodeids if (n, "0") not in done]
+        return scripted(self.tmp_path, left, script, status, attempt=job.attempt + 1)
+
+
+def test_a_worker_that_dies_in_a_test_fails_only_that_test_and_is_restarted(tmp_path):
+    first = scripted(
+        tmp_path,
+        ["a", "b", "c"],
+        [start("a"), step(0), passed("a"), start("b"), step(0), step(1)],
+        status=-signal.SIGSEGV,
+    )
+    relaunch = Relauncher(tmp_path, ([start("c"), passed("c")], 0))
+    pool = ReplicaPool([first], relaunch=relaunch)
+    pool.start()
+    try:
+        assert pool.result("a", 0).outcome == "passed"
+        crashed = pool.result("b", 0)
+        assert pool.result("c", 0).outcome == "passed"  # in the restarted worker
+    finally:
+        pool.close()
+    assert crashed.outcome == "crashed"
+    assert "killed by SIGSEGV before finishing this test" in crashed.error
+    assert "after recording step 1" in crashed.error
+    assert relaunch.calls == [[("a", "0"), ("b", "0")]]
+
+
+def test_a_hung_test_is_stopped_and_named_with_its_last_step(tmp_path):
+    clock = iter(range(0, 10**6, 50)).__next__  # every look at the clock: 50 s later
+    job = scripted(tmp_path, ["d"], [start("d", at=0.0, timeout=5.0), step(0), step(1)], hang=True)
+    pool = ReplicaPool([job], clock=clock)
+    pool.start()
+    try:
+        result = pool.result("d", 0)
+    finally:
+        pool.close()
+    assert result.outcome == "crashed"
+    assert result.error.startswith("timed out after 5 s in replica 0 at step 1 (last recorded)")
+    assert "--repro-timeout=SECONDS" in result.error
+
+
+def test_the_worker_watchdog_report_names_the_test_frame(tmp_path):
+    report = (
+        "Timeout (0:00:03)!\nThread 0x1 (most recent call first):\n"
+        '  File "/x/threading.py", line 1 in run\n\n'
+        "Thread 0x2 (most recent call first):\n"
+        '  File "/t/test_x.py", line 39 in test_d_hangs\n'
+        f'  File "/v/site-packages{os.sep}_pytest{os.sep}python.py", line 187 in call\n'
+    )
+    job = scripted(tmp_path, ["d"], [start("d", timeout=3.0), step(2)], status=1)
+    job.timeout_file = tmp_path / "timeout.txt"
+    job.timeout_file.write_text(report)
+    pool = ReplicaPool([job])
+    pool.start()
+    try:
+        error = pool.result("d", 0).error
+    finally:
+        pool.close()
+    assert error.startswith("timed out after 3 s in replica 0 at step 2 (last recorded)")
+    assert "line 39 in test_d_hangs\n  ... 1 more frames" in error
+    assert "threading.py" not in error
+
+
+def test_a_fatal_error_is_shown_as_where_it_happened():
+    text = "\n".join(
+        [
+            "some test output",
+            "Fatal Python error: Segmentation fault",
+            "",
+            "Current thread 0x1 (most recent call first):",
+            '  File "/t/test_x.py", line 25 in test_b_segfault',
+            f'  File "/v{os.sep}pluggy{os.sep}_callers.py", line 1 in call',
+            "",
+            "Extension modules: torch._C (total: 1)",
+        ]
+    )
+    shown = summarize_output(text)
+    assert shown[:2] == ["some test output", "Fatal Python error: Segmentation fault"]
+    assert shown[-2:] == [
+        '  File "/t/test_x.py", line 25 in test_b_segfault',
+        "  ... 1 more frames",
+    ]
+
+
+def test_a_test_the_worker_did_not_collect_says_so(tmp_path):
+    job = scripted(tmp_path, ["x[1]"], [{"event": "collected", "missing": ["x[1]"], "count": 0}], 5)
+    pool = ReplicaPool([job])
+    pool.start()
+    try:
+        result = pool.result("x[1]", 0)
+    finally:
+        pool.close()
+    assert result.outcome == "crashed"
+    assert "replica 0 did not collect this test" in result.error
+    assert "it collected no test at all" in result.error
+
+
+def test_no_space_stops_the_worker_without_restarts(tmp_path):
+    job = scripted(tmp_path, ["a", "b"], [start("a")], status=EXIT_NO_SPACE)
+    relaunch = Relauncher(tmp_path)
+    pool = ReplicaPool([job], relaunch=relaunch)
+    pool.start()
+    try:
+        first, second = pool.result("a", 0), pool.result("b", 0)
+    finally:
+        pool.close()
+    assert first.outcome == second.outcome == "crashed" and relaunch.calls == []
+    assert "no space left on the device" in second.error
+
+
+def test_a_worker_crashing_in_every_test_is_not_restarted_forever(tmp_path):
+    names = ["t0", "t1", "t2", "t3", "t4"]
+    relaunch = Relauncher(
+        tmp_path, *[([start(n)], -signal.SIGABRT) for n in names[1:3]], ([start("t3")], 0)
+    )
+    pool = ReplicaPool(
+        [scripted(tmp_path, names, [start("t0")], -signal.SIGABRT)], relaunch=relaunch
+    )
+    pool.start()
+    try:
+        results = [pool.result(n, 0) for n in names]
+    finally:
+        pool.close()
+    assert len(relaunch.calls) == 2  # after t0 and t1; t2 is the third crash in a row
+    assert "crashed in 3 tests in a row" in results[3].error
+
+
+# ----------------------------------------------------------------------------- real faults
+
+FAULTS_FILE = "test_replica_faults.py"
+FAULTS = """
+import ctypes
+import os
+import time
+
+import pytest
+import torch
+
+
+def train(repro):
+    model = torch.nn.Linear(3, 2)
+    for step in range(repro.steps):
+        repro.record(step, model=model)
+
+
+@pytest.mark.repro(steps=2)
+def test_a_first(repro):
+    train(repro)
+
+
+@pytest.mark.repro(steps=2)
+def test_b_segfault(repro):
+    train(repro)
+    if repro.replica == 1:
+        ctypes.string_at(0)  # a real segmentation fault
+
+
+@pytest.mark.repro(steps=2)
+def test_c_after_the_crash(repro):
+    train(repro)
+
+
+@pytest.mark.repro(steps=3, timeout=2)
+def test_d_hangs(repro):
+    model = torch.nn.Linear(3, 2)
+    repro.record(0, model=model)
+    repro.record(1, model=model)
+    if repro.replica == 0:
+        time.sleep(120)
+    repro.record(2, model=model)
+
+
+@pytest.mark.parametrize("x", [1], ids=[f"pid{os.getpid()}"])  # differs in every process
+@pytest.mark.repro(steps=1)
+def test_e_id_of_this_process(repro, x):
+    train(repro)
+
+
+@pytest.mark.skip(reason="not this time")
+@pytest.mark.repro(steps=1)
+def test_f_skipped(repro):
+    train(repro)
+
+
+@pytest.mark.repro(steps=2)
+def test_g_last(repro):
+    train(repro)
+"""
+
+
+def run_pytest(path: Path, *args: str, env: dict | None = None) -> Finished:
+    process = subprocess.run(
+        [sys.executable, "-m", "pytest", *args],
+        cwd=path,
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return Finished(process.returncode, process.stdout + process.stderr, path / "reports")
+
+
+@pytest.fixture(scope="module")
+def faults_session(tmp_path_factory) -> Finished:
+    """One ``pytest --repro`` session in which replicas segfault, hang and fail to collect."""
+    path = tmp_path_factory.mktemp("faults")
+    (path / FAULTS_FILE).write_text(FAULTS)
+    stale = path / "repro_baselines" / "test_replica_faults"
+    stale.mkdir(parents=True)
+    for name in ("test_f_skipped", "test_gone"):
+        (stale / f"{name}.json").write_text("{}")
+    return run_pytest(
+        path, "--repro", "--repro-update", "--repro-jobs=2", "-p", "no:cacheprovider", FAULTS_FILE
+    )
+
+
+def test_a_segfault_fails_only_its_test_and_the_session_goes_on(faults_session):
+    tests = faults_session.tests()
+    text = faults_session.failure("test_b_segfault")
+    assert "replica 1 (PYTHONHASHSEED=1) did not finish this test" in text
+    assert "killed by SIGSEGV before finishing this test" in text
+    assert "Fatal Python error: Segmentation fault" in text
+    assert f'{FAULTS_FILE}", line 25 in test_b_segfault' in text  # where, not pytest frames
+    for name in ("test_a_first", "test_c_after_the_crash", "test_g_last"):
+        assert tests[f"{FAULTS_FILE}::{name}"]["status"] == "identical", name
+    assert tests[f"{FAULTS_FILE}::test_b_segfault"]["crashed"]
+
+
+def test_a_hang_is_stopped_at_its_time_limit(faults_session):
+    text = faults_session.failure("test_d_hangs")
+    assert "timed out after 2 s in replica 0 at step 1 (last recorded)" in text
+    assert "in test_d_hangs" in text  # the stack of the hung test
+
+
+def test_a_test_the_replicas_cannot_collect_says_so(faults_session):
+    nodeid = next(n for n in faults_session.tests() if "test_e_id_of_this_process" in n)
+    text = faults_session.failure(nodeid.split("::")[1])
+    assert "replica 0 did not collect this test" in text
+
+
+def test_a_skipped_test_keeps_its_baseline(faults_session):
+    unused = [line for line in faults_session.output.splitlines() if "unused baseline" in line]
+    assert len(unused) == 1 and unused[0].endswith("test_gone.json"), unused
+
+
+INPROCESS_EXIT = """
+import os
+
+import pytest
+import torch
+
+
+@pytest.mark.repro(steps=1)
+def test_ok(repro):
+    repro.record(0, x=torch.ones(2))
+
+
+@pytest.mark.repro(steps=1)
+def test_exits(repro):
+    repro.record(0, x=torch.ones(2))
+    if repro.replica == 1:
+        os._exit(3)
+"""
+
+
+def test_in_process_a_test_that_exits_the_interpreter_ends_the_session_with_a_report(tmp_path):
+    (tmp_path / "test_exit.py").write_text(INPROCESS_EXIT)
+    done = run_pytest(
+        tmp_path,
+        "--repro",
+        "--repro-mode=inprocess",
+        "--repro-baseline=off",
+        "-p",
+        "no:cacheprovider",
+    )
+    assert done.ret == 3, done.output
+    assert (
+        "repro-check: test_exit.py::test_exits: the test called os._exit(3) in in-process "
+        "replica 1, which ends the interpreter" in done.output
+    )
+    assert "--repro-mode=subprocess" in done.output
+    assert "cannot show hash randomisation" in done.output  # the header says what it cannot see
+    tests = done.tests()
+    assert tests["test_exit.py::test_ok"]["status"] == "identical"
+    assert tests["test_exit.py::test_exits"]["status"] == "error"
+    assert tests["test_exit.py::test_exits"]["crashed"]
+
+
+def test_a_full_disk_under_the_channel_is_named_not_blamed_on_the_test(tmp_path):
+    (tmp_path / "test_x.py").write_text(
+        "import pytest\n\n\n@pytest.mark.repro(steps=1)\ndef test_x(repro):\n    pass\n"
+    )
+    launcher = WorkerLauncher(WorkerSettings(tmp_path, tmp_path, 0, 0), tmpdir=tmp_path / "w")
+    job = launcher.job(["test_x.py::test_x"], ReplicaSpec(0), "full")
+    spec_path = job.channel.parent / "spec.json"
+    spec = json.loads(spec_path.read_text())
+    spec["channel"] = "/dev/full"  # every write: ENOSPC, as on a full disk
+    spec_path.write_text(json.dumps(spec))
+    job.env = clean_env(**{k: v for k, v in job.env.items() if k == "PYTHONPATH"})
+    assert job.run() == EXIT_NO_SPACE
+    assert "no space left in /dev while writing the results channel (full)" in job.output_tail()
+
+
+ORPHANS = """
+import os
+import time
+
+import pytest
+
+
+@pytest.mark.repro(steps=1)
+def test_sleeps(repro):
+    path = os.environ["PID_FILE"]
+    with open(path + ".tmp", "w") as handle:
+        handle.write(str(os.getpid()))
+    os.replace(path + ".tmp", path)
+    time.sleep(120)
+"""
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a container's init may not reap orphans)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killing_the_parent_leaves_no_workers_and_no_folders(tmp_path):
+    (tmp_path / "test_orphans.py").write_text(ORPHANS)
+    parents = {}
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        tmp = tmp_path / f"tmp-{signum.name}"
+        tmp.mkdir()
+        env = clean_env(TMPDIR=str(tmp), PID_FILE=str(tmp_path / f"{signum.name}.pid"))
+        parents[signum] = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "--repro", "--repro-runs=1", "-p", "no:cacheprovider"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    pid_files = {signum: tmp_path / f"{signum.name}.pid" for signum in parents}
+    deadline = time.monotonic() + 120
+    while not all(f.exists() for f in pid_files.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    workers = {signum: int(f.read_text()) for signum, f in pid_files.items()}
+    assert all(running(pid) for pid in workers.values())
+    for signum, parent in parents.items():
+        parent.send_signal(signum)
+    for signum, parent in parents.items():
+        assert parent.wait(timeout=30) == -signum
+    deadline = time.monotonic() + 10
+    while any(running(pid) for pid in workers.values()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(running(pid) for pid in workers.values())  # no orphans
+    assert list((tmp_path / "tmp-SIGTERM").glob("repro-check-*")) == []  # cleaned on the way out
+    left = list((tmp_path / "tmp-SIGKILL").glob("repro-check-*"))  # SIGKILL: nothing can run
+    assert len(left) == 1
+    fresh = session_folder(str(tmp_path / "tmp-SIGKILL"))  # the next session cleans it
+    assert list((tmp_path / "tmp-SIGKILL").glob("repro-check-*")) == [fresh]
+
+
+def test_stale_folders_are_removed_only_when_their_owner_is_gone(tmp_path):
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(gone.stdout)
+    for name, pid in (("repro-check-dead", dead_pid), ("repro-check-alive", os.getpid())):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / OWNER_FILE).write_text(str(pid))
+    (tmp_path / "repro-check-foreign").mkdir()  # no owner file: not ours to remove
+    assert remove_stale_folders(tmp_path) == [tmp_path / "repro-check-dead"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "repro-check-alive",
+        "repro-check-foreign",
+    ]

@@ -88,3 +88,13 @@ def no_space_message(path: str | os.PathLike[str], what: str) -> str:
         f"no space left in {folder} while writing {what} ({Path(path).name}); free space "
         f"there, or point TMPDIR (replica files) or --repro-report at a disk with room"
     )
+
+
+class NoSpaceError(OSError):
+    """A write failed for want of disk space; the message says where and what."""
+
+    def __init__(self, path: str | os.PathLike[str], what: str) -> None:
+        super().__init__(errno.ENOSPC, no_space_message(path, what), str(path))
+
+    def __str__(self) -> str:
+        return str(self.strerror)

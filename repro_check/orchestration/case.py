@@ -16,7 +16,7 @@ from typing import Any
 from repro_check.orchestration.allowance import Allowance, AllowanceError, from_mapping
 
 DEFAULT_STEPS = 10
-MARKER_KEYWORDS = ("steps", "atol", "rtol", "allow")
+MARKER_KEYWORDS = ("steps", "atol", "rtol", "allow", "timeout")
 
 
 class MarkerError(ValueError):
@@ -29,6 +29,17 @@ class MarkerSettings:
     atol: float | None = None
     rtol: float | None = None
     allow: tuple[Allowance, ...] = ()
+    #: Seconds a replica may spend in the test (None: the session's --repro-timeout; 0: none).
+    timeout: float | None = None
+
+
+def parse_timeout(value: Any, where: str) -> float:
+    """A time limit in seconds: a finite number >= 0 (0: no limit)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MarkerError(f"{where} got {value!r}; timeout must be a number of seconds >= 0")
+    if value < 0:
+        raise MarkerError(f"{where} got {value!r}; timeout must be >= 0 (0: no limit)")
+    return float(value)
 
 
 def _tolerance(value: Any, name: str, nodeid: str) -> float:
@@ -71,7 +82,12 @@ def parse_marker(
         allow = tuple(from_mapping(kwargs.get("allow"), f"{nodeid}: @pytest.mark.repro(allow=...)"))
     except AllowanceError as exc:
         raise MarkerError(str(exc)) from None
-    return MarkerSettings(steps, tolerances.get("atol"), tolerances.get("rtol"), allow)
+    timeout = (
+        parse_timeout(kwargs["timeout"], f"{nodeid}: @pytest.mark.repro(timeout=...)")
+        if kwargs.get("timeout") is not None
+        else None
+    )
+    return MarkerSettings(steps, tolerances.get("atol"), tolerances.get("rtol"), allow, timeout)
 
 
 @dataclass(frozen=True)

@@ -1,28 +1,50 @@
 """Replica processes: fresh interpreters that run marked tests and stream back their records.
 
 One worker process per replica per session runs every marked test (``import torch`` alone costs
-seconds, so a process per test would cost more than the training) and appends one JSON line per
-finished test to its channel file. The parent reads the channels as results arrive. Processes
-are launched through a ``concurrent.futures.Executor`` -- a local thread pool by default -- so a
-distributed engine can take its place without touching the rest.
+seconds, so a process per test would cost more than the training) and appends its events and
+one result line per finished test to its channel file (:mod:`.channel`). The parent reads the
+channels as results arrive. Processes are launched through a ``concurrent.futures.Executor`` --
+a local thread pool by default -- so a distributed engine can take its place.
+
+A fault stays with the test it happened in: when a worker dies (segfault, ``os._exit``, an
+interrupt) or overruns a test's time limit, that test fails with the signal or exit status, the
+last step it recorded and the last lines of the process's output, and the pool starts a fresh
+worker for the tests it had not finished. Workers die with the parent (``PR_SET_PDEATHSIG`` on
+Linux, and a watchdog in the worker), so killing the parent leaves no orphans.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import ctypes
+import functools
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec
+from repro_check.core.paths import is_no_space, no_space_message
+from repro_check.orchestration.channel import (
+    COLLECTED,
+    EVENT,
+    START,
+    STEP,
+    ChannelReader,
+    Running,
+    append_channel,
+)
+from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, RunSpec
+
+__all__ = ["ReplicaPool", "WorkerJob", "append_channel", "describe_exit", "worker_env"]
 
 #: Variables that would make a worker pytest do something else than its job.
 SCRUBBED_ENV = (
@@ -31,65 +53,106 @@ SCRUBBED_ENV = (
     "PYTEST_XDIST_WORKER_COUNT",
     "PYTEST_CURRENT_TEST",
 )
+#: The worker watches this process id and exits when it is no longer its parent.
+PARENT_PID_ENV = "REPRO_CHECK_PARENT_PID"
+#: A worker that could not write its channel (disk full) exits with this status (ENOSPC's number).
+EXIT_NO_SPACE = 28
 STDERR_TAIL_LINES = 30
+TAIL_BYTES = 64 * 1024  # of a worker's output kept in memory for its failure message
+PR_SET_PDEATHSIG = 1
 
 
-class ChannelReader:
-    """Incremental reader of a JSON-lines file that another process appends to."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-        self._partial = b""
-
-    def poll(self) -> list[dict[str, Any]]:
-        try:
-            with open(self.path, "rb") as handle:
-                handle.seek(self._offset)
-                chunk = handle.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(chunk)
-        data = self._partial + chunk
-        *lines, self._partial = data.split(b"\n")
-        return [json.loads(line) for line in lines if line.strip()]
-
-
-def append_channel(path: str | os.PathLike[str], document: dict[str, Any]) -> None:
-    """Append one result line (a single write, so a reader never sees half a line as whole)."""
-    line = (json.dumps(document, allow_nan=True) + "\n").encode("utf-8")
-    with open(path, "ab") as handle:
-        handle.write(line)
-        handle.flush()
+Pair = tuple[str, str]  # (test id, run key)
 
 
 @dataclass
 class WorkerJob:
-    """One replica's worker process: its command, environment and files."""
+    """One worker process: its command, environment and files, and the (test, run) pairs it
+    is responsible for (what a restarted worker must still do)."""
 
     spec: ReplicaSpec
     command: list[str]
     env: dict[str, str]
     cwd: str
     channel: Path
-    stdout: Path
-    stderr: Path
-    process: subprocess.Popen[bytes] | None = None
+    output: Path  # stdout and stderr, interleaved (a copy; the tail is also kept in memory)
+    nodeids: tuple[str, ...] = ()
+    runs: tuple[RunSpec, ...] = ()
+    skip: frozenset[Pair] = frozenset()
+    metrics_only: bool = False
+    tag: str = ""
+    attempt: int = 0  # 0: the first process; n: the n-th restart
+    #: Where the worker's own watchdog writes the stacks of a test that overran its limit.
+    timeout_file: Path | None = None
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     cancelled: bool = False
+    _tail: bytes = field(default=b"", repr=False)
+    _output_error: str = field(default="", repr=False)
+
+    def pairs(self) -> set[Pair]:
+        runs = [run.run_id for run in self.runs] or [str(self.spec.index)]
+        return {(nodeid, run) for nodeid in self.nodeids for run in runs} - self.skip
 
     def run(self) -> int:
         if self.cancelled:
             return -signal.SIGTERM
-        with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
-            self.process = subprocess.Popen(
-                self.command,
-                cwd=self.cwd,
-                env=self.env,
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=self.cwd,
+            env={**self.env, PARENT_PID_ENV: str(os.getpid())},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_death_signal(),  # noqa: PLW1509 - one prctl call, resolved beforehand
+        )
+        if self.cancelled:  # closed while starting
+            self.process.kill()
+        self._pump()
+        return self.process.wait()
+
+    def _pump(self) -> None:
+        """Copy the worker's output to its file and keep the tail in memory (a full disk must
+        not cost the message its last lines), until the worker exits."""
+        assert self.process is not None and self.process.stdout is not None
+        fd = self.process.stdout.fileno()
+        os.set_blocking(fd, False)
+        try:
+            out = open(self.output, "ab")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            out, self._output_error = None, f"output not saved: {exc.strerror}"
+        try:
+            while True:
+                finished = self.process.poll() is not None
+                data, eof = _read_available(fd)
+                if data:
+                    self._tail = (self._tail + data)[-TAIL_BYTES:]
+                    out = self._copy(out, data)
+                if eof or finished:  # after the exit, what was in the pipe has been read
+                    return
+                if not data:
+                    select.select([fd], [], [], 0.2)
+        finally:
+            self.process.stdout.close()
+            if out is not None:
+                with contextlib.suppress(OSError):
+                    out.close()
+
+    def _copy(self, out: Any, data: bytes) -> Any:
+        if out is None:
+            return None
+        try:
+            out.write(data)
+            out.flush()
+            return out
+        except OSError as exc:
+            self._output_error = (
+                no_space_message(self.output, "the replica's output")
+                if is_no_space(exc)
+                else f"output not saved: {exc.strerror}"
             )
-            return self.process.wait()
+            with contextlib.suppress(OSError):
+                out.close()
+            return None
 
     def terminate(self) -> None:
         self.cancelled = True
@@ -101,15 +164,67 @@ class WorkerJob:
             except subprocess.TimeoutExpired:
                 process.kill()
 
-    def stderr_tail(self) -> str:
-        for path in (self.stderr, self.stdout):
-            try:
-                lines = path.read_text(errors="replace").splitlines()
-            except OSError:
-                continue
-            if lines:
-                return "\n".join(lines[-STDERR_TAIL_LINES:])
-        return "(no output)"
+    def kill(self) -> None:
+        """SIGKILL now (a hung test, or the parent going down); never waits."""
+        self.cancelled = True
+        process = self.process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(OSError):
+                process.kill()
+
+    def output_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
+        text = self._tail.decode("utf-8", "replace")
+        if not text:
+            with contextlib.suppress(OSError):
+                with open(self.output, "rb") as handle:
+                    handle.seek(max(0, handle.seek(0, os.SEEK_END) - TAIL_BYTES))
+                    text = handle.read().decode("utf-8", "replace")
+        shown = summarize_output(text, lines)
+        if self._output_error:
+            shown.append(f"({self._output_error})")
+        return "\n".join(shown) or "(no output)"
+
+    def timeout_report(self) -> str:
+        """The stacks the worker's watchdog wrote when a test overran its limit ("" if none)."""
+        if self.timeout_file is None:
+            return ""
+        try:
+            return self.timeout_file.read_text(errors="replace").strip()
+        except OSError:
+            return ""
+
+
+def _read_available(fd: int) -> tuple[bytes, bool]:
+    """Everything readable now from a non-blocking pipe, and whether it reached end of file."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return b"".join(chunks), False
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+
+
+@functools.lru_cache(maxsize=1)
+def _death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child die with SIGKILL when the thread that started it
+    (and so the parent) dies -- Linux only; elsewhere the worker's watchdog does it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    kill = int(signal.SIGKILL)
+
+    def set_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, kill, 0, 0, 0)
+
+    return set_death_signal
 
 
 def describe_exit(returncode: int) -> str:
@@ -133,74 +248,327 @@ def worker_env(spec: ReplicaSpec, extra_pythonpath: Sequence[str]) -> dict[str, 
     return env
 
 
+#: Starts a fresh worker for the pairs a dead one left: (the dead job, pairs done) -> new job.
+Relaunch = Callable[[WorkerJob, set[Pair]], WorkerJob]
+
+_LIVE_POOLS: weakref.WeakSet[ReplicaPool] = weakref.WeakSet()
+
+
+def kill_all_workers() -> None:
+    """SIGKILL every worker of every open pool (the parent is going down: no waiting)."""
+    for pool in list(_LIVE_POOLS):
+        for job in list(pool.jobs.values()):
+            job.kill()
+
+
+def cleanup_on_sigterm(cleanup: Callable[[], None]) -> Callable[[], None]:
+    """On SIGTERM run ``cleanup`` (kill the workers, remove the session folder), then die of
+    SIGTERM as the default action would. Installed only over the default action, from the
+    main thread; returns the function that uninstalls it."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
+        return lambda: None
+
+    def handler(signum: int, frame: Any) -> None:
+        try:
+            cleanup()
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, handler)
+
+    def uninstall() -> None:
+        if signal.getsignal(signal.SIGTERM) is handler:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return uninstall
+
+
+@dataclass
+class _Slot:
+    """One worker's place in the pool, across restarts."""
+
+    job: WorkerJob
+    reader: ChannelReader
+    future: Future[int] | None = None
+    running: Running | None = None
+    missing: set[str] = field(default_factory=set)  # asked for, not collected
+    collected: int | None = None
+    done: set[Pair] = field(default_factory=set)
+    killed: str = ""  # why the parent killed the process ("" if it did not)
+    crashes_in_a_row: int = 0
+    gave_up: str = ""  # why no further restart happens
+
+
 class ReplicaPool:
-    """Runs worker jobs through an executor and hands out per-test results as they stream in."""
+    """Runs worker jobs through an executor and hands out per-test results as they stream in;
+    a worker that dies in a test fails that test and is restarted for the rest."""
 
     POLL_SECONDS = 0.02
+    #: How long past a test's limit the parent waits for the worker's own watchdog (which
+    #: prints where the test hung) before it kills the process itself.
+    KILL_GRACE_S = 30.0
+    #: A worker that crashes in this many tests in a row is not restarted again (a fault
+    #: outside the tests, e.g. in a session fixture, would otherwise cost a start per test).
+    MAX_CRASHES_IN_A_ROW = 3
 
     def __init__(
         self,
         jobs: Sequence[WorkerJob],
         executor: Executor | None = None,
         run_jobs: dict[str, int] | None = None,
+        relaunch: Relaunch | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.jobs = {job.spec.index: job for job in jobs}
+        self._slots = {job.spec.index: _Slot(job, ChannelReader(job.channel)) for job in jobs}
         #: Which job runs which run (by run key); replicas: run "i" is job i.
-        self.run_jobs = run_jobs or {str(index): index for index in self.jobs}
+        self.run_jobs = run_jobs or {str(index): index for index in self._slots}
         self._executor = executor or ThreadPoolExecutor(
             max_workers=len(jobs), thread_name_prefix="repro-replica"
         )
         self._owns_executor = executor is None
-        self._futures: dict[int, Future[int]] = {}
-        self._readers = {index: ChannelReader(job.channel) for index, job in self.jobs.items()}
-        self._pending: dict[tuple[str, str], ReplicaResult] = {}
+        self._relaunch = relaunch
+        self._clock = clock
+        self._pending: dict[Pair, ReplicaResult] = {}
         self._lock = threading.Lock()
+        _LIVE_POOLS.add(self)
+
+    @property
+    def jobs(self) -> dict[int, WorkerJob]:
+        """The current process of each worker (a restarted one replaces the dead one)."""
+        return {index: slot.job for index, slot in self._slots.items()}
 
     def start(self) -> None:
-        for index, job in self.jobs.items():
-            self._futures[index] = self._executor.submit(job.run)
+        for slot in self._slots.values():
+            slot.future = self._executor.submit(slot.job.run)
 
-    def result(self, nodeid: str, run: int | str) -> ReplicaResult:
+    def result(
+        self, nodeid: str, run: int | str, on_wait: Callable[[], None] | None = None
+    ) -> ReplicaResult:
         """Block until run ``run`` (a replica index or run id) has finished test ``nodeid``,
-        or its process has died."""
+        or failed it by dying, hanging or not collecting it; ``on_wait`` is called while
+        waiting (progress)."""
         key = (nodeid, str(run))
         index = self.run_jobs[str(run)]
         while True:
             with self._lock:
-                self._drain(index)
-                if key in self._pending:
-                    return self._pending.pop(key)
-                future = self._futures[index]
-                if future.done():
-                    self._drain(index)
-                    if key in self._pending:
-                        return self._pending.pop(key)
-                    return self._crashed(nodeid, index, str(run), future)
+                found = self._poll(index, key)
+            if found is not None:
+                return found
+            if on_wait is not None:
+                on_wait()
             time.sleep(self.POLL_SECONDS)
 
-    def _drain(self, index: int) -> None:
-        for document in self._readers[index].poll():
-            result = ReplicaResult.from_json(document)
-            self._pending[(result.nodeid, result.key)] = result
+    def _poll(self, index: int, key: Pair) -> ReplicaResult | None:
+        slot = self._slots[index]
+        self._drain(slot)
+        if key in self._pending:
+            return self._pending.pop(key)
+        assert slot.future is not None, "start() the pool first"
+        if not slot.future.done():
+            if key[0] in slot.missing and slot.collected:  # it goes on with what it collected
+                return self._not_collected(slot, key)
+            self._enforce_timeout(slot)
+            return None
+        self._drain(slot)  # lines written just before the exit
+        if key in self._pending:
+            return self._pending.pop(key)
+        if key[0] in slot.missing:
+            return self._not_collected(slot, key)
+        if slot.running is not None:
+            self._fail_running_test(index, slot)
+            restarted = self._restart(index, slot)
+            if key in self._pending:
+                return self._pending.pop(key)
+            if restarted:
+                return None
+        return self._crashed(slot, key)
 
-    def _crashed(self, nodeid: str, index: int, run: str, future: Future[int]) -> ReplicaResult:
-        job = self.jobs[index]
-        exc = future.exception()
-        how = f"could not start ({exc})" if exc else describe_exit(future.result())
-        return ReplicaResult(
-            nodeid,
+    def _drain(self, slot: _Slot) -> None:
+        for document in slot.reader.poll():
+            kind = document.get(EVENT)
+            if kind == STEP:
+                if slot.running is not None:
+                    slot.running.step = int(document["step"])
+            elif kind == START:
+                slot.running = Running.from_event(document)
+            elif kind == COLLECTED:
+                slot.missing = set(document.get("missing", []))
+                slot.collected = int(document.get("count", 0))
+            elif kind is None:
+                result = ReplicaResult.from_json(document)
+                self._pending[(result.nodeid, result.key)] = result
+                slot.done.add((result.nodeid, result.key))
+                slot.running = None
+                slot.crashes_in_a_row = 0
+
+    def _enforce_timeout(self, slot: _Slot) -> None:
+        """The parent's backstop: kill a worker whose own watchdog did not end an overrun."""
+        running = slot.running
+        if running is None or running.timeout is None or slot.killed:
+            return
+        if self._clock() - running.started > running.timeout + self.KILL_GRACE_S:
+            slot.killed = "timeout"
+            slot.job.kill()
+
+    def _fail_running_test(self, index: int, slot: _Slot) -> None:
+        """The worker died (or was killed) in a test: that test, and only it, fails."""
+        running = slot.running
+        assert running is not None and slot.future is not None
+        slot.running = None
+        slot.crashes_in_a_row += 1
+        job = slot.job
+        label = f"replica {job.spec.index}"
+        report = job.timeout_report()
+        if slot.killed == "timeout" or report:
+            where = (
+                f"at step {running.step} (last recorded)"
+                if running.step is not None
+                else "before its first recorded step"
+            )
+            limit = f"{running.timeout:g}" if running.timeout is not None else "?"
+            error = (
+                f"timed out after {limit} s in {label} {where} ({job.spec.describe()}); the "
+                f"process was stopped and the remaining tests run in a fresh one. Raise the "
+                f"limit with --repro-timeout=SECONDS (ini repro_timeout) or "
+                f"@pytest.mark.repro(timeout=SECONDS).\n"
+                + (
+                    f"Where it was (most recent call first):\n{_where(report)}"
+                    if report
+                    else f"Last lines of its output:\n{job.output_tail()}"
+                )
+            )
+        else:
+            returncode = _returncode(slot.future)
+            how = describe_exit(returncode) if returncode is not None else "could not be run"
+            step = f", after recording step {running.step}" if running.step is not None else ""
+            error = (
+                f"{label} process {how} before finishing this test ({job.spec.describe()}){step};"
+                f" the remaining tests run in a fresh process.\n"
+                f"Last lines of its output:\n{job.output_tail()}"
+            )
+        key = (running.nodeid, running.run)
+        self._pending[key] = ReplicaResult(
+            running.nodeid,
             index,
             "crashed",
-            error=f"replica {index} process {how} before finishing this test "
-            f"({job.spec.describe()}).\nLast lines of its output:\n{job.stderr_tail()}",
-            run_id=run if run != str(index) else "",
+            error=error,
+            run_id=running.run if running.run != str(index) else "",
+        )
+        slot.done.add(key)
+
+    def _restart(self, index: int, slot: _Slot) -> bool:
+        """A fresh worker for the pairs the dead one had not finished (False: none started)."""
+        remaining = slot.job.pairs() - slot.done
+        if not remaining or self._relaunch is None or slot.job.cancelled:
+            return False
+        if _returncode(slot.future) == EXIT_NO_SPACE:
+            slot.gave_up = "it could not write its results: no space left on the device"
+            return False
+        if slot.crashes_in_a_row >= self.MAX_CRASHES_IN_A_ROW:
+            slot.gave_up = (
+                f"it crashed in {slot.crashes_in_a_row} tests in a row, so it was not "
+                f"restarted again"
+            )
+            return False
+        job = self._relaunch(slot.job, set(slot.done))
+        self._slots[index] = _Slot(
+            job,
+            ChannelReader(job.channel),
+            future=self._executor.submit(job.run),
+            done=slot.done,
+            crashes_in_a_row=slot.crashes_in_a_row,
+        )
+        return True
+
+    def _crashed(self, slot: _Slot, key: Pair) -> ReplicaResult:
+        """The worker is gone and will not run ``key``: say why, with its last words."""
+        nodeid, run = key
+        job = slot.job
+        assert slot.future is not None
+        exc = slot.future.exception()
+        how = f"could not start ({exc})" if exc else describe_exit(slot.future.result())
+        why = f"; {slot.gave_up}" if slot.gave_up else ""
+        return ReplicaResult(
+            nodeid,
+            job.spec.index,
+            "crashed",
+            error=f"replica {job.spec.index} process {how} before finishing this test "
+            f"({job.spec.describe()}){why}.\nLast lines of its output:\n{job.output_tail()}",
+            run_id=run if run != str(job.spec.index) else "",
+        )
+
+    def _not_collected(self, slot: _Slot, key: Pair) -> ReplicaResult:
+        nodeid, run = key
+        job = slot.job
+        slot.done.add(key)
+        what = (
+            "it collected no test at all"
+            if not slot.collected
+            else f"it collected {slot.collected} of the tests asked for, not this one"
+        )
+        return ReplicaResult(
+            nodeid,
+            job.spec.index,
+            "crashed",
+            error=f"replica {job.spec.index} did not collect this test ({job.spec.describe()}):"
+            f" {what}. The test id differs in a fresh process (parametrize ids built from "
+            f"object reprs or set order?) or its module failed to import there.\n"
+            f"Last lines of its output:\n{job.output_tail()}",
+            run_id=run if run != str(job.spec.index) else "",
         )
 
     def close(self) -> None:
-        for job in self.jobs.values():
-            job.terminate()
+        _LIVE_POOLS.discard(self)
+        for slot in self._slots.values():
+            slot.job.terminate()
         if self._owns_executor:
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _returncode(future: Future[int] | None) -> int | None:
+    if future is None or not future.done() or future.exception() is not None:
+        return None
+    return future.result()
+
+
+def summarize_output(text: str, count: int = STDERR_TAIL_LINES) -> list[str]:
+    """The last ``count`` lines of a worker's output -- or, when the interpreter died of a fatal
+    error (segfault, abort), what came before it, the error, and the top of the stack where it
+    happened (the bottom of that stack is pytest's machinery)."""
+    lines = text.splitlines()
+    fatal = max((i for i, line in enumerate(lines) if line.startswith("Fatal Python")), default=-1)
+    if fatal < 0:
+        return lines[-count:]
+    before = [line for line in lines[max(0, fatal - 6) : fatal] if line.strip()]
+    where = _where("\n".join(lines[fatal:]))
+    return [*before, lines[fatal], "Where it was (most recent call first):", *where.splitlines()]
+
+
+def _where(report: str, frames: int = 8) -> str:
+    """The top of the stack faulthandler dumped for the thread that ran the test: the block
+    marked ``Current thread`` (a crash), else the last one (a timeout lists every thread,
+    newest first, so the main thread comes last); pytest's own frames further down are cut."""
+    lines = report.splitlines()
+    heads = [i for i, line in enumerate(lines) if line.startswith(("Current thread", "Thread"))]
+    current = [i for i in heads if lines[i].startswith("Current thread")]
+    start = (current or heads or [-1])[-1]
+    block = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("  "):
+            break
+        block.append(line)
+    own = next((i for i, line in enumerate(block) if any(m in line for m in _MACHINERY)), None)
+    shown = block[: min(frames, own or frames)]
+    more = f"\n  ... {len(block) - len(shown)} more frames" if len(block) > len(shown) else ""
+    return "\n".join(shown) + more
+
+
+#: Frames of pytest's own machinery: where a test's stack stops being the test's.
+_MACHINERY = (f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}")
 
 
 def python_executable() -> str:

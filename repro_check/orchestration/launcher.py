@@ -8,16 +8,27 @@ is in :class:`WorkerSettings`, so the command line is built (and unit-tested) wi
 
 from __future__ import annotations
 
+import math
+import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from repro_check.core.atomic import write_json
-from repro_check.orchestration.executor import ReplicaPool, WorkerJob, python_executable, worker_env
+from repro_check.core.paths import NoSpaceError, id_to_name, is_no_space
+from repro_check.orchestration.executor import (
+    Pair,
+    ReplicaPool,
+    WorkerJob,
+    cleanup_on_sigterm,
+    kill_all_workers,
+    python_executable,
+    worker_env,
+)
 from repro_check.orchestration.investigation import TraceWindow
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, RunSpec
 
@@ -25,11 +36,51 @@ WORKER_SCHEMA = "repro-check/worker-spec"
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent.parent)
 
 
-def slug(nodeid: str) -> str:
-    """A short, fixed-length folder name for a test id (temporary folders only)."""
-    import hashlib
+SESSION_PREFIX = "repro-check-"
+OWNER_FILE = "owner.pid"  # the pid of the session that owns a folder
+#: A replica test running longer is stopped and fails (--repro-timeout; 0: no limit).
+DEFAULT_TIMEOUT_S = 1800.0
 
-    return hashlib.sha1(nodeid.encode()).hexdigest()[:12]
+
+def session_folder(root: str | None = None) -> Path:
+    """A fresh folder for this session's replica files, owned by this process; the folders of
+    sessions that died without cleaning up (SIGKILL) are removed first."""
+    parent = Path(root or tempfile.gettempdir())
+    remove_stale_folders(parent)
+    try:
+        folder = Path(tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=parent))
+        (folder / OWNER_FILE).write_text(str(os.getpid()))
+    except OSError as exc:
+        if is_no_space(exc):
+            raise NoSpaceError(parent / SESSION_PREFIX, "the session folder") from None
+        raise
+    return folder
+
+
+def remove_stale_folders(parent: Path) -> list[Path]:
+    """Remove ``repro-check-*`` folders whose owning process is gone; returns them."""
+    removed = []
+    for folder in parent.glob(SESSION_PREFIX + "*"):
+        try:
+            pid = int((folder / OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, or still being created
+        if not pid_alive(pid):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 @dataclass(frozen=True)
@@ -48,12 +99,17 @@ class WorkerSettings:
     #: The plugin is not auto-loaded in the parent (``-p repro_check.pytest_plugin`` or
     #: PYTEST_DISABLE_PLUGIN_AUTOLOAD): the worker must load it explicitly too.
     load_plugin: bool = False
+    #: Seconds a test may run in a replica before it is stopped (None: no limit).
+    timeout: float | None = DEFAULT_TIMEOUT_S
 
 
 @dataclass
 class WorkerLauncher:
     settings: WorkerSettings
-    tmpdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="repro-check-")))
+    tmpdir: Path = field(default_factory=session_folder)
+    #: Per-test time limits where a marker sets one (else ``settings.timeout``).
+    timeouts: dict[str, float | None] = field(default_factory=dict)
+    _uninstall: Callable[[], None] | None = field(default=None, repr=False)
 
     def command(self, nodeids: Sequence[str], spec_path: Path) -> list[str]:
         s = self.settings
@@ -85,10 +141,73 @@ class WorkerLauncher:
         runs: Sequence[RunSpec] | None = None,
         skip: Sequence[tuple[str, str]] | None = None,
         metrics_only: bool = False,
+        attempt: int = 0,
     ) -> WorkerJob:
-        folder = self.tmpdir / tag
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = self.tmpdir / (tag if not attempt else f"{tag}-restart-{attempt}")
         spec_path = folder / "spec.json"
+        runs = list(runs or [RunSpec(str(spec.index))])
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._write_spec(spec_path, nodeids, spec, runs, skip, metrics_only)
+        except OSError as exc:
+            if is_no_space(exc):
+                raise NoSpaceError(spec_path, "a worker spec") from None
+            raise
+        self._cleanup_on_sigterm()
+        return WorkerJob(
+            spec=spec,
+            command=self.command(nodeids, spec_path),
+            env=worker_env(spec, [PACKAGE_PARENT]),
+            cwd=str(self.settings.invocation_dir),
+            channel=folder / "channel.jsonl",
+            output=folder / "output.txt",
+            nodeids=tuple(nodeids),
+            runs=tuple(runs),
+            skip=frozenset((str(n), str(r)) for n, r in skip or []),
+            metrics_only=metrics_only,
+            tag=tag,
+            attempt=attempt,
+            timeout_file=folder / "timeout.txt",
+        )
+
+    def relaunch(self, job: WorkerJob, done: set[Pair]) -> WorkerJob:
+        """A fresh worker for what a dead one left: the same replica and runs, its finished
+        (and crashed) pairs skipped."""
+        left = job.pairs() - done
+        nodeids = [nodeid for nodeid in job.nodeids if any(n == nodeid for n, _ in left)]
+        return self.job(
+            nodeids,
+            job.spec,
+            job.tag,
+            runs=job.runs,
+            skip=sorted(job.skip | done),
+            metrics_only=job.metrics_only,
+            attempt=job.attempt + 1,
+        )
+
+    def timeout_for(self, nodeid: str) -> float | None:
+        timeout = self.timeouts.get(nodeid, self.settings.timeout)
+        return timeout if timeout and math.isfinite(timeout) else None  # 0 or inf: no limit
+
+    def _cleanup_on_sigterm(self) -> None:
+        if self._uninstall is None:
+            self._uninstall = cleanup_on_sigterm(self.kill_now)
+
+    def kill_now(self) -> None:
+        """The parent is being terminated: kill every worker, remove the session folder."""
+        kill_all_workers()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def _write_spec(
+        self,
+        spec_path: Path,
+        nodeids: Sequence[str],
+        spec: ReplicaSpec,
+        runs: Sequence[RunSpec],
+        skip: Sequence[tuple[str, str]] | None,
+        metrics_only: bool,
+    ) -> None:
+        folder = spec_path.parent
         write_json(
             spec_path,
             {
@@ -100,27 +219,20 @@ class WorkerLauncher:
                 "channel": str(folder / "channel.jsonl"),
                 "spill_path": str(folder / "spill.bin"),
                 "spill_bytes": self.settings.spill_bytes,
-                "runs": [run.to_json() for run in runs or [RunSpec(str(spec.index))]],
+                "runs": [run.to_json() for run in runs],
                 "metrics_only": metrics_only,
                 "deterministic": self.settings.deterministic,
-                "skip": list(skip or []),
+                "skip": [list(pair) for pair in skip or []],
+                "timeouts": {nodeid: self.timeout_for(nodeid) for nodeid in nodeids},
+                "timeout_file": str(folder / "timeout.txt"),
             },
-        )
-        return WorkerJob(
-            spec=spec,
-            command=self.command(nodeids, spec_path),
-            env=worker_env(spec, [PACKAGE_PARENT]),
-            cwd=str(self.settings.invocation_dir),
-            channel=folder / "channel.jsonl",
-            stdout=folder / "stdout.txt",
-            stderr=folder / "stderr.txt",
         )
 
     def pool(self, nodeids: Sequence[str], specs: Sequence[ReplicaSpec], tag: str) -> ReplicaPool:
         """One worker per replica spec, each running every test in ``nodeids``; started."""
         jobs = [self.job(nodeids, spec, f"{tag}-{spec.index}") for spec in specs]
         workers = min(self.settings.jobs, len(jobs))
-        pool = ReplicaPool(jobs, ThreadPoolExecutor(max_workers=workers))
+        pool = ReplicaPool(jobs, ThreadPoolExecutor(max_workers=workers), relaunch=self.relaunch)
         pool.start()
         return pool
 
@@ -132,7 +244,7 @@ class WorkerLauncher:
         attempt: int,
     ) -> list[ReplicaResult]:
         """The investigation's rerunner: fresh processes with the originals' settings."""
-        folder = f"investigate-{slug(nodeid)}-{attempt}"
+        folder = f"investigate-{id_to_name(nodeid)}-{attempt}"
         specs, jobs = [], []
         for index, original in enumerate(originals):
             spec = ReplicaSpec(
@@ -156,7 +268,7 @@ class WorkerLauncher:
                 )
             )
         workers = min(self.settings.jobs, len(jobs))
-        pool = ReplicaPool(jobs, ThreadPoolExecutor(max_workers=workers))
+        pool = ReplicaPool(jobs, ThreadPoolExecutor(max_workers=workers), relaunch=self.relaunch)
         pool.start()
         try:
             return [pool.result(nodeid, spec.index) for spec in specs]
@@ -164,4 +276,7 @@ class WorkerLauncher:
             pool.close()
 
     def close(self) -> None:
+        if self._uninstall is not None:
+            self._uninstall()
+            self._uninstall = None
         shutil.rmtree(self.tmpdir, ignore_errors=True)

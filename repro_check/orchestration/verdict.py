@@ -118,6 +118,9 @@ class TestVerdict:
     allowed: tuple[Allowance, ...] = ()  # known nondeterminism the test declares
     baseline: BaselineOutcome | None = None
     localization: Localization | None = None  # the op (or line) to blame
+    #: The error is the replica's process (it died, hung, ran out of disk, did not collect
+    #: the test), not an exception raised by the test.
+    crashed: bool = False
 
     @property
     def failed(self) -> bool:
@@ -160,6 +163,7 @@ class TestVerdict:
             "diagnosis": self.diagnosis,
             "nonfinite": self.nonfinite,
             "rerun_command": self.rerun_command,
+            "crashed": self.crashed,
             "notes": self.notes,
             "baseline": self.baseline.to_json() if self.baseline else {},
             "localization": self.localization.to_json() if self.localization else {},
@@ -194,6 +198,7 @@ def judge(
             verdict.status = ERROR
             verdict.other_replica = result.replica
             verdict.error = result.error
+            verdict.crashed = result.outcome == "crashed"
             return verdict
         if result.outcome == "skipped":
             verdict.status = SKIPPED

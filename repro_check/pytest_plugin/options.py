@@ -62,6 +62,13 @@ def add_options(parser: pytest.Parser) -> None:
         "replica's torch threads; sweeps: one per core)",
     )
     group.addoption(
+        "--repro-timeout",
+        default=None,
+        metavar="SECONDS",
+        help="a replica that runs one test longer is stopped and the test fails, naming the "
+        "last recorded step (default 1800; 0: no limit; ini repro_timeout; marker timeout=)",
+    )
+    group.addoption(
         "--repro-report",
         default=None,
         metavar="DIR",
@@ -188,6 +195,9 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("repro_seed", "base seed (N, last or random)", default=str(DEFAULT_BASE_SEED))
     parser.addini("repro_mode", "subprocess or inprocess", default="subprocess")
     parser.addini("repro_report", "report folder", default="reports")
+    parser.addini(
+        "repro_timeout", "seconds a replica may spend in one test (0: no limit)", default="1800"
+    )
     parser.addini("repro_spill_mb", "spill budget per replica in MB", default="512")
     parser.addini("repro_baseline", "check or off", default="check")
     parser.addini(
@@ -226,6 +236,8 @@ class Options:
     baseline_dir: str = ""
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
+    #: Seconds a replica may spend in one test (None: no limit).
+    timeout: float | None = 1800.0
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Options:
@@ -282,6 +294,7 @@ class Options:
             deterministic=bool(config.getoption("repro_deterministic")),
             baseline=_choice(pick("baseline"), ("check", "off"), "repro_baseline"),
             baseline_dir=pick("baseline_dir"),
+            timeout=_non_negative_float(pick("timeout"), "--repro-timeout") or None,
             atol=_non_negative_float(pick("atol"), "repro_atol"),
             rtol=_non_negative_float(pick("rtol"), "repro_rtol"),
         )

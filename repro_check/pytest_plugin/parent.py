@@ -9,19 +9,23 @@ verdict into a pass, skip or failure, and write the summary and reports at the e
 from __future__ import annotations
 
 import shlex
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from repro_check.core.paths import NoSpaceError, UnsafePathError, id_to_name, inside
 from repro_check.core.record import Recorder
 from repro_check.core.spill import SpillWriter
 from repro_check.orchestration.case import SessionSettings
 from repro_check.orchestration.executor import ReplicaPool
 from repro_check.orchestration.gate import BaselineGate
-from repro_check.orchestration.launcher import WorkerLauncher, WorkerSettings, slug
+from repro_check.orchestration.guards import on_interpreter_exit
+from repro_check.orchestration.launcher import WorkerLauncher, WorkerSettings
 from repro_check.orchestration.replay import VerdictPipeline
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, default_specs
 from repro_check.orchestration.verdict import SKIPPED
@@ -30,6 +34,7 @@ from repro_check.pytest_plugin.items import (
     case_for,
     context_key,
     is_repro_item,
+    marker_of,
     replica_key,
     started_key,
 )
@@ -59,6 +64,7 @@ def worker_settings(config: pytest.Config, options: Options) -> WorkerSettings:
         import_mode=str(config.option.importmode),
         steps_override=config.getoption("repro_steps"),
         deterministic=options.deterministic,
+        timeout=options.timeout,
         load_plugin=config.pluginmanager.get_plugin("repro") is None
         or bool(os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")),
     )
@@ -87,6 +93,21 @@ def replica_specs(options: Options) -> list[ReplicaSpec]:
     return specs
 
 
+def make_launcher(config: pytest.Config, options: Options) -> WorkerLauncher:
+    """The session's replica launcher. A full disk, or a ``checkpoints`` folder that is a link
+    out of the report folder, is a usage error before any work."""
+    if options.save_checkpoints and options.report_dir is not None:
+        folder = options.report_dir / "checkpoints"
+        try:
+            inside(folder, folder, "checkpoints")
+        except UnsafePathError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    try:
+        return WorkerLauncher(worker_settings(config, options))
+    except NoSpaceError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
 class ParentSession(SeededSession):
     """``pytest --repro``: runs replicas, judges each marked test, reports."""
 
@@ -96,8 +117,8 @@ class ParentSession(SeededSession):
         self.base_seed = options.base_seed
         self.subprocess = options.mode == "subprocess"
         self.specs = replica_specs(options)
+        self.launcher = make_launcher(config, options)
         self._restore_determinism = maybe_deterministic(options.deterministic)
-        self.launcher = WorkerLauncher(worker_settings(config, options))
         self.gate = (
             BaselineGate(
                 config.rootpath,
@@ -126,6 +147,10 @@ class ParentSession(SeededSession):
         #: In-process mode: replica 0's result, and the first replica that differs from it.
         self._inprocess_results: dict[str, list[ReplicaResult]] = {}
         self._spills: dict[int, SpillWriter] = {}
+        #: Every test collected or deselected: a baseline of one of them is not "unused".
+        self._known: set[str] = set()
+        self._guards = ExitStack()
+        self._running_item: pytest.Item | None = None  # in-process: the test running now
 
     # --- header
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -135,13 +160,28 @@ class ParentSession(SeededSession):
             else "this process"
         )
         mode = "; deterministic algorithms on" if self.options.deterministic else ""
-        return [
+        lines = [
             f"repro-check: base seed {self.base_seed} (rerun with --repro-seed={self.base_seed}); "
             f"{self.options.runs} replicas per test in {how}{mode}"
         ]
+        if not self.subprocess:
+            lines.append(
+                "repro-check: in-process replicas share one PYTHONHASHSEED, so they cannot show "
+                "hash randomisation (set iteration order); --repro-mode=subprocess can"
+            )
+        return lines
 
     # --- replica processes
+    def pytest_deselected(self, items: Sequence[pytest.Item]) -> None:
+        self._known.update(item.nodeid for item in items)  # not run now, but not gone either
+
     def pytest_collection_finish(self, session: pytest.Session) -> None:
+        self._known.update(item.nodeid for item in session.items)
+        self.launcher.timeouts = {
+            item.nodeid: timeout
+            for item in session.items
+            if is_repro_item(item) and (timeout := marker_of(item).timeout) is not None
+        }
         if not self.subprocess or session.config.option.collectonly:
             return
         if hasattr(session.config, "workerinput"):
@@ -157,7 +197,9 @@ class ParentSession(SeededSession):
         pool = self.pool
         own_pool = pool is None
         if pool is None:  # xdist worker, or collected late: replicas just for this test
-            pool = self.launcher.pool([pyfuncitem.nodeid], self.specs, slug(pyfuncitem.nodeid))
+            pool = self.launcher.pool(
+                [pyfuncitem.nodeid], self.specs, id_to_name(pyfuncitem.nodeid)
+            )
         try:
             self._judge(pyfuncitem, (pool.result(pyfuncitem.nodeid, s.index) for s in self.specs))
         finally:
@@ -184,6 +226,7 @@ class ParentSession(SeededSession):
         from _pytest.runner import runtestprotocol
 
         keep_parents = ParentChain(item.listchain()[:-1])
+        self._running_item = item
         self._inprocess_results[item.nodeid] = []
         for index in range(len(self.specs) - 1):
             item.stash[replica_key] = index
@@ -296,6 +339,7 @@ class ParentSession(SeededSession):
             workeroutput["repro_verdicts"] = [v.to_json() for v in self.report.verdicts]
             used = self.gate.used if self.gate else set()
             workeroutput["repro_baselines_used"] = sorted(map(str, used))
+            workeroutput["repro_collected"] = sorted(self._known)
             return
         if self.report.verdicts:
             write_step_summary(self.report.verdicts)
@@ -313,6 +357,7 @@ class ParentSession(SeededSession):
         )
         if self.gate is not None:
             self.gate.used.update(Path(p) for p in output.get("repro_baselines_used", []))
+        self._known.update(output.get("repro_collected", []))
 
     def _unused_baselines(self) -> list[Path]:
         """Like syrupy's unused snapshots -- only when whole files were collected unfiltered."""
@@ -326,7 +371,9 @@ class ParentSession(SeededSession):
         )
         if filtered or self.gate is None or not self.gate.used:
             return []
-        return find_unused({p.parent for p in self.gate.used}, self.gate.used)
+        # A test that was collected but did not run now (skipped, deselected) keeps its baseline.
+        kept = {self.gate.path_for(nodeid) for nodeid in self._known} | self.gate.used
+        return find_unused({p.parent for p in self.gate.used}, kept)
 
     def session_info(self) -> dict[str, Any]:
         args = self.config.invocation_params.args
@@ -342,10 +389,42 @@ class ParentSession(SeededSession):
         }
 
     def pytest_unconfigure(self) -> None:
+        self._guards.close()
         if self.pool is not None:
             self.pool.close()
         self._restore_determinism()
         self.launcher.close()
+
+    # --- a test that ends the interpreter (in-process mode)
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if not self.subprocess:
+            self._guards.enter_context(on_interpreter_exit(self._interpreter_exit))
+
+    def _interpreter_exit(self, status: int) -> None:
+        """A test running in this process called ``os._exit``: it fails, the report is
+        written, and the reason printed -- then the process ends as the test asked."""
+        item = self._running_item
+        index = self.replica_index(item) if item is not None else 0
+        reason = (
+            f"the test called os._exit({status}) in in-process replica {index}, which ends "
+            f"the interpreter: the session stops here. Run it with --repro-mode=subprocess, "
+            f"where a replica that exits fails only its own test."
+        )
+        if item is not None:
+            crashed = ReplicaResult(item.nodeid, index, "crashed", error=reason)
+            verdict = self.pipeline.decide(case_for(item, self.options), [crashed])
+            self.report.verdicts.append(render(verdict))
+        written = ""
+        if self.report.verdicts and self.options.report_dir is not None:
+            self.report.write_files(
+                self.options.report_dir, self.session_info(), self.config.rootpath
+            )
+            written = f"\nrepro-check: report written to {self.options.report_dir}"
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        with capman.global_and_fixture_disabled() if capman else nullcontext():
+            name = item.nodeid if item is not None else "a test"
+            sys.stderr.write(f"\nrepro-check: {name}: {reason}{written}\n")
+            sys.stderr.flush()
 
 
 def _shown(path: Path, config: pytest.Config) -> str:

@@ -113,7 +113,9 @@ class SensitivitySession(SeededSession):
                 )
             )
             run_jobs.update({run.run_id: index for run in bucket})
-        self.pool = ReplicaPool(jobs, self._executor(len(jobs)), run_jobs=run_jobs)
+        self.pool = ReplicaPool(
+            jobs, self._executor(len(jobs)), run_jobs=run_jobs, relaunch=self.launcher.relaunch
+        )
         self.pool.start()
 
     def _executor(self, workers: int) -> Executor:

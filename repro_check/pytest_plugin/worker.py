@@ -3,8 +3,10 @@ run and stream one result line per (test, run) to the channel file the parent re
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,11 +14,12 @@ from typing import Any
 import pytest
 
 from repro_check.core.atomic import read_json
+from repro_check.core.paths import id_to_name
 from repro_check.core.record import MetricRecorder, Recorder, RunRecord
 from repro_check.core.spill import SpillWriter
-from repro_check.orchestration.executor import append_channel
+from repro_check.orchestration.guards import ProgressRecorder, WorkerGuard, watch_parent
 from repro_check.orchestration.investigation import WHOLE_RUN
-from repro_check.orchestration.launcher import WORKER_SCHEMA, slug
+from repro_check.orchestration.launcher import WORKER_SCHEMA
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, RunSpec
 from repro_check.pytest_plugin.items import case_for, context_key, run_key
 from repro_check.pytest_plugin.options import Options
@@ -73,6 +76,10 @@ class WorkerSession(SeededSession):
         self.skip = {(str(n), str(r)) for n, r in spec.get("skip", [])}
         self.metrics_only = bool(spec.get("metrics_only", False))
         self.spill = SpillWriter(spec["spill_path"], int(spec["spill_bytes"]))
+        self.guard = WorkerGuard(
+            self.channel, spec.get("timeouts", {}), spec.get("timeout_file"), self._say
+        )
+        watch_parent()
         maybe_deterministic(bool(spec.get("deterministic", False)))
         if self.spec.num_threads is not None:
             import torch
@@ -95,14 +102,23 @@ class WorkerSession(SeededSession):
         return {
             "start_after": None,
             "stop_at": WHOLE_RUN,
-            "path": str(Path(self.channel).parent / f"trace-{slug(item.nodeid)}.jsonl"),
+            "path": str(Path(self.channel).parent / f"trace-{id_to_name(item.nodeid)}.jsonl"),
         }
 
     def replica_index(self, item: pytest.Item) -> int:
         return self.spec.index
 
-    def make_recorder(self, item: pytest.Item) -> Recorder | MetricRecorder | None:
-        return MetricRecorder() if self.metrics_only else Recorder(self.spill)
+    def make_recorder(self, item: pytest.Item) -> Any:
+        inner = MetricRecorder() if self.metrics_only else Recorder(self.spill)
+        return ProgressRecorder(inner, self.guard)
+
+    def _say(self, message: str) -> None:
+        """A line on the worker's real stderr (the parent keeps its tail), past pytest's
+        capture."""
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        with capman.global_and_fixture_disabled() if capman else nullcontext():
+            sys.stderr.write(f"repro-check worker: {message}\n")
+            sys.stderr.flush()
 
     def pytest_collection_modifyitems(
         self, config: pytest.Config, items: list[pytest.Item]
@@ -112,6 +128,7 @@ class WorkerSession(SeededSession):
                 (item.nodeid, run.run_id) not in self.skip for run in self.runs
             )
 
+        self.guard.collected(self.nodeids, (item.nodeid for item in items))
         keep = [item for item in items if wanted(item)]
         dropped = [item for item in items if not wanted(item)]
         if dropped:
@@ -129,9 +146,10 @@ class WorkerSession(SeededSession):
             started = time.perf_counter()
             restore = apply_backend(run.backend)
             try:
-                reports = runtestprotocol(
-                    item, log=False, nextitem=nextitem if last else keep_parents
-                )  # type: ignore[arg-type]
+                with self.guard.test(item.nodeid, run.run_id):
+                    reports = runtestprotocol(
+                        item, log=False, nextitem=nextitem if last else keep_parents
+                    )  # type: ignore[arg-type]
             finally:
                 restore()
             context = item.stash.get(context_key, None)
@@ -154,11 +172,12 @@ class WorkerSession(SeededSession):
                     **({"backend": dict(run.backend)} if run.backend else {}),
                 },
             )
-            append_channel(self.channel, result.to_json())
+            self.guard.send(result.to_json())
         return True
 
     def pytest_unconfigure(self) -> None:
         self.spill.close()
+        self.guard.close()
 
 
 def outcome_of(reports: list[pytest.TestReport]) -> tuple[str, str]:

@@ -42,7 +42,13 @@ def failure_message(verdict: TestVerdict) -> str:
     """The text shown when a marked test fails under ``--repro``."""
     lines: list[str] = []
     head = f"repro-check: {verdict.nodeid}"
-    if verdict.status == ERROR:
+    if verdict.status == ERROR and verdict.crashed:
+        lines.append(
+            f"{head}: {_replica_label(verdict, verdict.other_replica)} did not finish this "
+            f"test (its process ended or was stopped; not nondeterminism):"
+        )
+        lines.append(_indent(verdict.error.rstrip() or "(no error text)", "  | "))
+    elif verdict.status == ERROR:
         lines.append(
             f"{head}: {_replica_label(verdict, verdict.other_replica)} raised an error "
             f"(this is a failure of the test itself, not nondeterminism):"
