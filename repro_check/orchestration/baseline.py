@@ -46,8 +46,9 @@ UPDATE_HINT = (
     "rewrite it with --repro-update on the reference machine (the environment the baseline "
     "should describe) and commit it"
 )
-#: Dtypes whose values are stored at float32 precision (exactly: they are float32-representable).
-_FLOAT32_EXACT = frozenset({"float32", "float16", "bfloat16"})
+#: Dtypes whose values (complex: parts) are float32-representable, so stored at float32
+#: precision: the shortest text that reads back exactly.
+_FLOAT32_EXACT = frozenset({"float32", "float16", "bfloat16", "complex64", "complex32"})
 
 
 def baseline_path(rootpath: Path, nodeid: str, baseline_dir: str | None) -> Path:
