@@ -10,6 +10,7 @@ labelled), never crashing the run.
 from __future__ import annotations
 
 import ctypes
+import struct
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 
 __all__ = ["content_hash", "dtype_name", "fast_dtypes", "memory_hash", "mix"]
 
-_MASK64 = (1 << 64) - 1
 _DTYPE_NAMES: dict[Any, str] = {}
 
 
@@ -75,10 +75,14 @@ def memory_hash(address: int, nbytes: int) -> int:
     return xxhash.xxh3_64_intdigest(buffer.from_address(address))
 
 
-def mix(*parts: int) -> int:
-    """A 64-bit hash of integers, the same in every process (ints hash without a seed,
-    unlike str): the signature of a view is its input's hash mixed with the op and args."""
-    return hash(parts) & _MASK64
+_MIX = struct.Struct("<4Q")
+
+
+def mix(base: int, op: int, args: int, position: int) -> int:
+    """xxh3-64 of four 64-bit integers: the signature of a view is its input's hash mixed with
+    the op, its arguments and the output's position. The same on every machine and Python
+    version (traces are compared across machines), unlike ``hash()``."""
+    return xxhash.xxh3_64_intdigest(_MIX.pack(base, op, args, position))
 
 
 def content_hash(t: torch.Tensor) -> tuple[int, str | None]:
