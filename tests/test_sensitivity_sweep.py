@@ -26,21 +26,22 @@ from pytest_runs import clean_env
 
 COMMON = ["-p", "no:cacheprovider", "-p", "no:randomly"]
 
-#: Linear model on data from repro.generator("data"), init under repro.seeded("init"); the
-#: seeds it was given go into run_info so the sweep's runs.jsonl shows them.
+#: Linear model on data from repro.generator("data"), init under repro.seeded("init"); two
+#: parametrized variants running identical code (they must come out paired and equal). The
+#: accuracy is the declared outcome; the loss stays a diagnostic.
 TINY = """
 import pytest
 import torch
 
 
+@pytest.mark.parametrize("variant", ["a", "b"])
 @pytest.mark.repro(steps=3)
-def test_tiny(repro):
+def test_tiny(repro, variant):
     data = repro.generator("data")
     x = torch.randn(64, 4, generator=data)
     y = (x.sum(1) > 0).long()
     with repro.seeded("init"):
         model = torch.nn.Linear(4, 2)
-    repro.run_info["seeds"] = {"init": repro.seed_for("init"), "data": repro.seed_for("data")}
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     for step in range(repro.steps):
         logits = model(x)
@@ -50,11 +51,14 @@ def test_tiny(repro):
         optimizer.step()
         accuracy = (logits.argmax(1) == y).float().mean()
         repro.record(step, loss=loss, accuracy=accuracy)
+    repro.record_outcome("accuracy", accuracy, higher_is_better=True, n_examples=64)
     repro.record_predictions(logits)
 """
-TINY_ID = "test_tiny.py::test_tiny"
+TINY_ID = "test_tiny.py::test_tiny[a]"
+TINY_B = "test_tiny.py::test_tiny[b]"
 SOURCES = ["init", "data", "bitflip"]
 K = 3
+RUNS = 2 * K * 4  # two variants x (init, data, bitflip, all) x K
 SWEEP = ["--repro-sensitivity", f"--repro-seeds={K}", f"--repro-sources={','.join(SOURCES)}"]
 
 #: init:1 raises; data:1 records a NaN loss (the runs' perturbation is init/data = k + 1).
@@ -106,8 +110,8 @@ class Sweep:
         lines = (self.folder / "runs.jsonl").read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
-    def by_run(self) -> dict[str, dict]:
-        return {row["run_id"]: row for row in self.rows()}
+    def by_run(self, test: str = TINY_ID) -> dict[str, dict]:
+        return {row["run_id"]: row for row in self.rows() if row["test"] == test}
 
     def csv(self) -> list[dict]:
         with open(self.folder / "runs.csv", newline="", encoding="utf-8") as handle:
@@ -204,17 +208,25 @@ def sweeps(tmp_path_factory) -> dict[str, Sweep]:
     kept = store.read_text(encoding="utf-8").splitlines()[:KEPT_ROWS]
     store.write_text("\n".join(kept) + "\n", encoding="utf-8")
     # One run on its own, exactly as runs.csv prints it (its default report folder is fresh).
-    command = shlex.split(next(r for r in main.csv() if r["run_id"] == "init:1")["command"])
+    command = shlex.split(
+        next(r for r in main.csv() if r["run_id"] == "init:1" and r["test"] == TINY_ID)["command"]
+    )
     assert command[0] == "pytest"
     # ... and as a user runs it when the sweep used the default folder: into the sweep's folder
     same_option, same_folder = report_folder(reports, "same-folder")
     shutil.copytree(reports / "main", reports / "same-folder")
+    # The test's code changes between two sweeps into one folder: every run is redone.
+    edited = tmp_path_factory.mktemp("edited")
+    (edited / "test_tiny.py").write_text(TINY.replace("lr=0.5", "lr=0.4"), encoding="utf-8")
+    edited_option, edited_folder = report_folder(reports, "edited")
+    shutil.copytree(reports / "main", reports / "edited")
     one_worker = ["--repro-jobs=1"]  # the main sweep ran two; each worker imports torch
     second = {
         "resumed": (start(tiny, [*SWEEP, main_option, *one_worker]), main_folder),
         "partial": (start(tiny, [*SWEEP, partial_option, *one_worker]), partial_folder),
         "only": (start(tiny, command[1:]), tiny / "reports" / "sensitivity" / "only-init-1"),
         "same_folder": (start(tiny, [*command[1:], same_option]), same_folder),
+        "edited": (start(edited, [*SWEEP, edited_option, *one_worker]), edited_folder),
     }
     done.update(finish(second))
     return done
@@ -225,7 +237,7 @@ def sweeps(tmp_path_factory) -> dict[str, Sweep]:
 
 def test_sweep_writes_every_report_file(sweeps):
     main = sweeps["main"]
-    assert re.search(r"\b1 passed in\b", main.output), main.output
+    assert re.search(r"\b2 passed in\b", main.output), main.output
     assert "repro sensitivity" in main.output
     for name in (
         "sensitivity.md",
@@ -237,40 +249,59 @@ def test_sweep_writes_every_report_file(sweeps):
     ):
         assert (main.folder / name).stat().st_size > 0, name
     pngs = sorted(p.name for p in main.folder.glob("*.png"))
-    for metric in ("loss", "accuracy"):
-        for kind in ("sources", "expected_max"):
-            assert any(name.endswith(f"__{metric}__{kind}.png") for name in pngs), pngs
+    for kind in ("sources", "expected_max"):
+        assert any(name.endswith(f"__accuracy__{kind}.png") for name in pngs), pngs
+    assert not any("__loss__" in name for name in pngs)  # the loss is a diagnostic
     assert all((main.folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in pngs)
     document = main.document()
     assert document["schema"] == "repro-check/sensitivity"
     assert set(pngs) <= set(document["files"])
     assert "\\begin{table}" in (main.folder / "sensitivity.tex").read_text()
     markdown = (main.folder / "sensitivity.md").read_text()
-    assert TINY_ID in markdown and "bitflip" in markdown
+    assert TINY_ID in markdown and "bitflip" in markdown and "## A vs B" in markdown
 
 
 def test_runs_csv_has_one_row_per_run_with_its_command(sweeps):
     main = sweeps["main"]
     rows = main.csv()
-    assert len(rows) == K * (len(SOURCES) + 1) == 12
-    assert sorted(r["run_id"] for r in rows) == sorted(
-        f"{source}:{k}" for source in [*SOURCES, "all"] for k in range(K)
-    )
+    assert len(rows) == RUNS == 24
+    for test in (TINY_ID, TINY_B):
+        assert sorted(r["run_id"] for r in rows if r["test"] == test) == sorted(
+            f"{source}:{k}" for source in [*SOURCES, "all"] for k in range(K)
+        )
     assert {r["status"] for r in rows} == {"ok"}
     for row in rows:
-        assert row["test"] == TINY_ID
         command = shlex.split(row["command"])
         assert command[:2] == ["pytest", "--repro-sensitivity"]
         assert f"--repro-only-run={row['run_id']}" in command
-        assert f"--repro-seeds={K}" in command and command[-1] == TINY_ID
-        assert math.isfinite(float(row["metric.loss"]))
+        assert f"--repro-seeds={K}" in command and command[-1] == row["test"]
+        assert math.isfinite(float(row["diag.loss"])) and "metric.loss" not in row
         assert 0 <= float(row["metric.accuracy"]) <= 1
-    assert "12 runs (0 resumed from" in main.output
+        assert row["seed.init"] and row["seed.data"] and row["seed.global"]
+    assert f"{RUNS} runs (0 resumed from" in main.output
+
+
+def test_identical_variants_get_the_same_seeds_and_compare_as_equal(sweeps):
+    main = sweeps["main"]
+    rows = main.csv()
+    seeds = {
+        (r["test"], r["run_id"]): (r["seed.init"], r["seed.data"], r["root_seed"]) for r in rows
+    }
+    for run_id in {r["run_id"] for r in rows}:
+        assert seeds[(TINY_ID, run_id)] == seeds[(TINY_B, run_id)], run_id
+    (comparison,) = [c for c in main.document()["comparisons"] if c["metric"] == "accuracy"]
+    paired = comparison["comparison"]["paired"]
+    assert comparison["paired_seeds"] and paired["improvement"]["p"] == 0.5
+    assert paired["improvement"]["ci_low"] < 0.5 < paired["improvement"]["ci_high"]
+    diff = paired["mean_difference"]
+    assert diff["low"] <= 0.0 <= diff["high"]
+    assert paired["improvement"]["decision"] == "too few runs"
+    assert "run 26 more" in (main.folder / "sensitivity.md").read_text()
 
 
 def test_init_runs_differ_but_share_the_data_seed(sweeps):
     runs = sweeps["main"].by_run()
-    seeds = {run_id: row["run_info"]["seeds"] for run_id, row in runs.items()}
+    seeds = {run_id: row["seeds"] for run_id, row in runs.items()}
     unperturbed = seeds["bitflip:0"]  # bitflip keeps every seed
     init = [seeds[f"init:{k}"] for k in range(K)]
     data = [seeds[f"data:{k}"] for k in range(K)]
@@ -283,6 +314,10 @@ def test_init_runs_differ_but_share_the_data_seed(sweeps):
     # and the seeds matter: the init runs end with different losses
     assert len({runs[f"init:{k}"]["metrics"]["metric.loss"] for k in range(K)}) == K
     assert all(set(row["sources_used"]) == {"init", "data"} for row in runs.values())
+    # `all` runs draw seeds of their own: no init or data seed of a one-source run
+    all_seeds = [seeds[f"all:{k}"] for k in range(K)]
+    assert not {s["init"] for s in all_seeds} & {s["init"] for s in init}
+    assert not {s["data"] for s in all_seeds} & {s["data"] for s in data}
 
 
 def test_a_printed_run_command_reproduces_its_metrics_bit_for_bit(sweeps):
@@ -293,14 +328,14 @@ def test_a_printed_run_command_reproduces_its_metrics_bit_for_bit(sweeps):
     original = sweeps["main"].by_run()["init:1"]
     assert rerun["run_id"] == "init:1"
     assert rerun["metrics"] == original["metrics"]  # floats round-trip JSON exactly
-    assert rerun["run_info"]["seeds"] == original["run_info"]["seeds"]
+    assert rerun["seeds"] == original["seeds"] and rerun["outcomes"] == original["outcomes"]
     assert rerun["predictions"] == original["predictions"]
 
 
 def test_a_printed_run_command_leaves_the_sweep_report_alone(sweeps):
     same = sweeps["same_folder"]
     assert same.ret == pytest.ExitCode.OK, same.output
-    assert len(same.csv()) == 12
+    assert len(same.csv()) == RUNS
 
 
 def test_a_printed_run_command_reruns_even_where_the_sweep_ran(sweeps):
@@ -320,7 +355,7 @@ def test_bitflip_runs_record_the_nudged_weight(sweeps):
 
 
 def test_predictions_are_compared_across_runs(sweeps):
-    (test,) = sweeps["main"].document()["tests"]
+    test = next(t for t in sweeps["main"].document()["tests"] if t["nodeid"] == TINY_ID)
     disagreement = test["disagreement"]
     assert set(disagreement) == {*SOURCES, "all"}
     assert disagreement["init"]["pairs"] == 3  # K choose 2
@@ -333,22 +368,34 @@ def test_predictions_are_compared_across_runs(sweeps):
 def test_rerunning_the_same_sweep_resumes_every_run(sweeps):
     resumed = sweeps["resumed"]
     assert resumed.ret == pytest.ExitCode.OK, resumed.output
-    assert "12 runs (12 resumed from" in resumed.output
-    assert len(resumed.rows()) == 12  # nothing appended
-    assert len(resumed.csv()) == 12
+    assert f"{RUNS} runs ({RUNS} resumed from" in resumed.output
+    assert len(resumed.rows()) == RUNS  # nothing appended
+    assert len(resumed.csv()) == RUNS
 
 
 def test_a_truncated_store_resumes_the_rest(sweeps):
     partial = sweeps["partial"]
     assert partial.ret == pytest.ExitCode.OK, partial.output
-    assert f"12 runs ({KEPT_ROWS} resumed from" in partial.output
+    assert f"{RUNS} runs ({KEPT_ROWS} resumed from" in partial.output
     rows = partial.rows()
-    assert len(rows) == 12
-    assert len(partial.csv()) == 12
+    assert len(rows) == RUNS
+    assert len(partial.csv()) == RUNS
     # the runs made again are the same runs: bit-for-bit the metrics of the first sweep
-    original = sweeps["main"].by_run()
     for row in rows[KEPT_ROWS:]:
-        assert row["metrics"] == original[row["run_id"]]["metrics"], row["run_id"]
+        original = sweeps["main"].by_run(row["test"])[row["run_id"]]
+        assert row["metrics"] == original["metrics"], row["run_id"]
+
+
+def test_changed_test_code_reruns_every_run_and_says_why(sweeps):
+    edited = sweeps["edited"]
+    assert edited.ret == pytest.ExitCode.OK, edited.output
+    assert f"{RUNS} runs (0 resumed from" in edited.output
+    output = " ".join(edited.output.split())
+    assert f"{K * 4} stored runs in runs.jsonl will be redone: the test's source" in output
+    new = {(r["test"], r["run_id"]): r for r in edited.rows()[RUNS:]}
+    old = sweeps["main"].by_run()
+    assert len(new) == RUNS
+    assert new[(TINY_ID, "init:0")]["metrics"] != old["init:0"]["metrics"]  # lr changed
 
 
 # ----------------------------------------------------------------------------- warnings

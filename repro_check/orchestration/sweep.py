@@ -307,10 +307,6 @@ class SweepStore:
             return None
         return row
 
-    def completed(self) -> dict[tuple[str, str], dict[str, Any]]:
-        """Finished rows of this base seed, without checking their inputs."""
-        return self.load().done
-
     def repair_tail(self) -> str | None:
         """Make sure the next row starts on a line of its own after a killed sweep: a last line
         without its newline is completed when it is a whole row, cut when it is torn. Returns
