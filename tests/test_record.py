@@ -9,7 +9,10 @@ import random
 import numpy as np
 import pytest
 import torch
+import xxhash
 
+from repro_check.core import fingerprint
+from repro_check.core import spill as spill_module
 from repro_check.core.compare import compare_runs
 from repro_check.core.context import RunContext
 from repro_check.core.fingerprint import fingerprint_tensor
@@ -17,7 +20,9 @@ from repro_check.core.record import (
     Recorder,
     RNGState,
     RunRecord,
+    as_tensor,
     check_recordable,
+    flatten_leaves,
     flatten_state,
 )
 from repro_check.core.seeding import SeedPlan
@@ -413,3 +418,126 @@ def test_run_record_json_without_spill():
     back = RunRecord.from_json(json.loads(json.dumps(recorder.close().to_json())))
     assert back.spill_path is None
     assert back.steps[0].entries["x"].spill is None
+
+
+# ------------------------------------------------------------------------- statistics
+
+
+def test_every_step_and_key_keeps_statistics_whatever_the_spill_budget(tmp_path):
+    """A baseline written after the spill budget ran out must still support a tolerance
+    comparison: statistics do not depend on spilling."""
+    model, optimizer, loss = trained_adam()
+    for budget in (0, 10 * MB):
+        recorder = Recorder(SpillWriter(tmp_path / f"spill-{budget}.bin", budget))
+        for step in range(3):
+            recorder.record(step, {"model": model, "optimizer": optimizer, "loss": loss})
+        run = recorder.close()
+        assert run.spill_exhausted == (budget == 0)
+        for record in run.steps:
+            for key, entry in record.entries.items():
+                floating = entry.fingerprint.dtype.startswith(("float", "complex"))
+                assert (entry.fingerprint.stats is not None) == floating, key
+    weight = run.steps[0].entries["model.0.weight"].fingerprint.stats
+    values = model[0].weight.detach().double().reshape(-1)
+    assert weight.norm == pytest.approx(float(values.norm()), rel=1e-12)
+    assert weight.sample == tuple(values[list(weight.sample_index)].tolist())
+    assert weight.sample_index == (0, 1, 3, 4, 6, 7, 9, 11)
+
+
+def test_statistics_survive_the_json_of_a_run(tmp_path):
+    recorder = Recorder(None)
+    recorder.record(0, {"w": torch.tensor([1.0, float("nan"), -float("inf")]), "lr": 0.1})
+    run = recorder.close()
+    back = RunRecord.from_json(json.loads(json.dumps(run.to_json(), allow_nan=False)))
+    for key in ("w", "metric.lr"):
+        assert (
+            back.steps[0].entries[key].fingerprint.stats
+            == run.steps[0].entries[key].fingerprint.stats
+        )
+    stats = back.steps[0].entries["w"].fingerprint.stats
+    assert (stats.nan, stats.posinf, stats.neginf, stats.min) == (1, 0, 1, 1.0)
+
+
+def test_metric_values_of_every_kind():
+    entries = one_step(
+        {
+            "half": torch.tensor(0.1, dtype=torch.float16),
+            "z": torch.tensor(1.5 - 2j),
+            "n": torch.tensor(3),
+            "nan": float("nan"),
+        }
+    )
+    assert entries["metric.half"].value == float(torch.tensor(0.1, dtype=torch.float16))
+    assert entries["metric.z"].value == 1.5  # the real part
+    assert entries["metric.n"].value == 3.0
+    assert math.isnan(entries["metric.nan"].value)
+
+
+def test_reference_suite_digests_are_those_of_the_raw_bytes():
+    """Batched fingerprints keep every digest bitwise what it was: xxh3 of each tensor's raw
+    bytes (the committed baselines store these), on the reference suites' models."""
+    from suites.training import LSTMClassifier, SmallCNN, TinyTransformer
+
+    torch.manual_seed(0)
+    for model, batch in (
+        (TinyTransformer(), torch.randint(0, 8, (4, 12))),
+        (SmallCNN(), torch.randn(4, 1, 16, 16)),
+        (LSTMClassifier(), torch.randint(0, 8, (4, 12))),
+    ):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        model(batch).sum().backward()
+        optimizer.step()
+        state = {"model": model, "optimizer": optimizer, "rng": RNGState(), "lr": 1e-3}
+        entries = one_step(state)
+        leaves = dict(flatten_leaves(state))
+        assert list(entries) == list(leaves)
+        for key, entry in entries.items():
+            leaf = leaves[key]
+            tensor = as_tensor(leaf)  # numbers: the 0-d tensor record always made of them
+            raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+            assert entry.fingerprint.digest == xxhash.xxh3_64_hexdigest(raw), key
+
+
+# ------------------------------------------------------------------------- spill writes
+
+
+@pytest.mark.parametrize("large", [False, True], ids=["batched", "in-place"])
+def test_spilled_bytes_are_those_at_record_time(tmp_path, monkeypatch, large):
+    """Private copies are written in the background, a live tensor's own memory at once:
+    changing the tensor right after record never changes what was spilled."""
+    if large:
+        monkeypatch.setattr(fingerprint, "LARGE_BYTES", 16)
+    writer = SpillWriter(tmp_path / "spill.bin", 64 * MB)
+    recorder = Recorder(writer)
+    weight = torch.arange(64, dtype=torch.float32)
+    entries = [recorder.record(step, {"w": weight}).entries["w"] for step in range(3)]
+    for _ in range(3):
+        weight.add_(1.0)  # the next steps' values
+        entries.append(recorder.record(len(entries), {"w": weight}).entries["w"])
+    weight.zero_()
+    recorder.close()
+    assert entries[0].spill == entries[1].spill == entries[2].spill  # unchanged: stored once
+    for step, entry in enumerate(entries):
+        expected = torch.arange(64, dtype=torch.float32) + max(0, step - 2)
+        assert torch.equal(read_spilled(entry.spill, "float32", (64,)), expected)
+    assert (tmp_path / "spill.bin").stat().st_size == writer.written == 4 * 256
+
+
+def test_spill_write_error_names_the_file(tmp_path, monkeypatch):
+    def broken(fd, writes):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spill_module, "_write_at", broken)
+    recorder = Recorder(SpillWriter(tmp_path / "spill.bin", 64 * MB))
+    recorder.record(0, {"x": torch.ones(4)})
+    with pytest.raises(OSError, match=r"spill\.bin: No space left on device.*--repro-spill-mb"):
+        recorder.close()
+
+
+def test_spill_appends_after_earlier_contents(tmp_path):
+    path = tmp_path / "spill.bin"
+    path.write_bytes(b"0123456789")
+    writer = SpillWriter(path, 64 * MB)
+    ref = writer.write(("d", "uint8", (3,)), np.frombuffer(b"abc", dtype=np.uint8))
+    writer.close()
+    assert ref.offset == 10 and path.read_bytes() == b"0123456789abc"

@@ -2,8 +2,10 @@
 
 State is flattened into dotted keys -- ``model.fc1.weight``, ``optimizer.state.3.exp_avg``,
 ``optimizer.param_groups.0.lr``, ``scheduler.last_epoch``, ``metric.loss``, ``rng.torch`` -- and
-each tensor is fingerprinted (and, within a budget, spilled for detailed diffs). Only
-fingerprints (and the values of scalar metrics) stay in memory.
+every tensor of one record is fingerprinted in one batched pass (digests, NaN/inf counts and
+statistics; :func:`repro_check.core.fingerprint.fingerprint_many`), then, within a budget,
+spilled for detailed diffs. Only fingerprints (and the values of scalar metrics) stay in memory.
+Python numbers (optimizer hyper-parameters) are fingerprinted without making tensors of them.
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from repro_check.core.fingerprint import Fingerprint, fingerprint_with_bytes
+from repro_check.core.atomic import decode_float, encode_float
+from repro_check.core.fingerprint import (
+    Fingerprint,
+    FingerprintBatch,
+    fingerprint_many,
+    fingerprint_scalar,
+    frozen_constructor,
+)
 from repro_check.core.spill import SpillRef, SpillWriter
 
 SCALAR_PREFIX = "metric."
@@ -35,16 +44,15 @@ class Entry:
 
     def to_json(self) -> list[Any]:
         spill = [self.spill.offset, self.spill.nbytes] if self.spill else None
-        value = self.value
-        if value is not None and not np.isfinite(value):
-            value = repr(value)  # JSON has no NaN/inf; keep them readable
+        value = None if self.value is None else encode_float(self.value)
         return [self.fingerprint.to_json(), value, spill]
 
     @classmethod
     def from_json(cls, data: list[Any], spill_path: str | None) -> Entry:
         fp, value, spill = data
         ref = SpillRef(spill_path, spill[0], spill[1]) if spill and spill_path else None
-        return cls(Fingerprint.from_json(fp), None if value is None else float(value), ref)
+        value = None if value is None else decode_float(value)
+        return cls(Fingerprint.from_json(fp), value, ref)
 
 
 @dataclass
@@ -119,33 +127,50 @@ def _numpy_rng_tensor(state: tuple[Any, ...]) -> Any:
 
 def flatten_state(name: str, value: Any, *, top_level: bool = True) -> Iterator[tuple[str, Any]]:
     """Yield ``(dotted_key, tensor_or_number)`` for one keyword argument of ``record``."""
+    out: list[tuple[str, Any]] = []
+    _flatten(out, name, value, top_level)
+    yield from out
+
+
+def flatten_leaves(state: Mapping[str, Any], *, live: bool = False) -> list[tuple[str, Any]]:
+    """``(dotted_key, tensor_or_number)`` for everything one ``record`` call was given.
+    ``live``: modules give their parameters themselves rather than detached views (cheaper,
+    for callers that only read them without autograd)."""
+    out: list[tuple[str, Any]] = []
+    for name, value in state.items():
+        _flatten(out, name, value, True, live)
+    return out
+
+
+def _flatten(
+    out: list[tuple[str, Any]], name: str, value: Any, top_level: bool, live: bool = False
+) -> None:
     import torch
 
     if isinstance(value, torch.Tensor):
-        yield (SCALAR_PREFIX + name if top_level and value.dim() == 0 else name), value
+        out.append((SCALAR_PREFIX + name if top_level and value.dim() == 0 else name, value))
     elif isinstance(value, (bool, int, float, complex, np.number, np.bool_)):
-        yield (SCALAR_PREFIX + name if top_level else name), value
+        out.append((SCALAR_PREFIX + name if top_level else name, value))
     elif isinstance(value, np.ndarray):
         array = np.require(value, requirements="C")  # keeps 0-d arrays 0-d
-        yield from flatten_state(name, torch.from_numpy(array), top_level=top_level)
+        _flatten(out, name, torch.from_numpy(array), top_level, live)
     elif isinstance(value, torch.nn.Module):
-        for key, tensor in value.state_dict().items():
-            yield f"{name}.{key}", tensor
+        state = value.state_dict(keep_vars=live)
+        out += [(f"{name}.{key}", tensor) for key, tensor in state.items()]
     elif isinstance(value, torch.optim.Optimizer):
-        yield from _flatten_optimizer(name, value.state_dict())
+        _flatten_optimizer(out, name, value.state_dict())
     elif isinstance(value, torch.optim.lr_scheduler.LRScheduler):
-        yield from _flatten_numbers(name, value.state_dict())
+        _flatten_numbers(out, name, value.state_dict())
     elif isinstance(value, torch.Generator):
-        yield f"{name}", value.get_state()
+        out.append((name, value.get_state()))
     elif isinstance(value, RNGState):
-        for key, state in value.states.items():
-            yield f"rng.{key}", state
+        out += [(f"rng.{key}", state) for key, state in value.states.items()]
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            yield from flatten_state(f"{name}.{key}", item, top_level=False)
+            _flatten(out, f"{name}.{key}", item, False, live)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            yield from flatten_state(f"{name}.{index}", item, top_level=False)
+            _flatten(out, f"{name}.{index}", item, False, live)
     else:
         raise TypeError(
             f"repro.record(): cannot record {name!r} of type {type(value).__module__}."
@@ -153,29 +178,36 @@ def flatten_state(name: str, value: Any, *, top_level: bool = True) -> Iterator[
         )
 
 
-def _flatten_optimizer(name: str, state_dict: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+def _flatten_optimizer(
+    out: list[tuple[str, Any]], name: str, state_dict: Mapping[str, Any]
+) -> None:
+    import torch
+
     for index, per_param in state_dict["state"].items():
         for key, item in per_param.items():
-            yield from flatten_state(f"{name}.state.{index}.{key}", item, top_level=False)
+            if type(item) is torch.Tensor:  # the usual case, without the dispatch of _flatten
+                out.append((f"{name}.state.{index}.{key}", item))
+            else:
+                _flatten(out, f"{name}.state.{index}.{key}", item, False)
     for index, group in enumerate(state_dict["param_groups"]):
-        yield from _flatten_numbers(
-            f"{name}.param_groups.{index}", {k: v for k, v in group.items() if k != "params"}
+        _flatten_numbers(
+            out, f"{name}.param_groups.{index}", {k: v for k, v in group.items() if k != "params"}
         )
 
 
-def _flatten_numbers(name: str, mapping: Mapping[str, Any]) -> Iterator[tuple[str, Any]]:
+def _flatten_numbers(out: list[tuple[str, Any]], name: str, mapping: Mapping[str, Any]) -> None:
     """Flatten the numeric/tensor leaves of a state dict; skip callables, strings and None."""
     import torch
 
     for key, item in mapping.items():
         if isinstance(item, (bool, int, float, torch.Tensor)):
-            yield from flatten_state(f"{name}.{key}", item, top_level=False)
+            _flatten(out, f"{name}.{key}", item, False)
         elif isinstance(item, (list, tuple)) and all(
             isinstance(x, (bool, int, float, torch.Tensor)) for x in item
         ):
-            yield from flatten_state(f"{name}.{key}", item, top_level=False)
+            _flatten(out, f"{name}.{key}", item, False)
         elif isinstance(item, Mapping):
-            yield from _flatten_numbers(f"{name}.{key}", item)
+            _flatten_numbers(out, f"{name}.{key}", item)
 
 
 def as_tensor(value: Any) -> Any:
@@ -203,39 +235,113 @@ class Recorder:
         self._spill = spill
 
     def record(self, step: int, state: Mapping[str, Any]) -> StepRecord:
+        import torch
+
         _check_step(step)
-        record = StepRecord(int(step))
-        for name, value in state.items():
-            for key, leaf in flatten_state(name, value):
-                if key in record.entries:
-                    raise ValueError(
-                        f"repro.record(step={step}): key {key!r} recorded twice in one step; "
-                        f"give the values distinct names"
-                    )
-                record.entries[key] = self._entry(key, leaf)
+        leaves = flatten_leaves(state, live=True)
+        keys = [key for key, _ in leaves]
+        if len(set(keys)) != len(keys):
+            _raise_duplicate(step, keys)
+        count = len(keys)
+        # Scalars are fingerprinted here; tensors, all at once below.
+        fingerprints: list[Any] = [None] * count
+        scalar_bytes: list[bytes | None] = [None] * count
+        positions, tensors = [], []
+        for position, (_, leaf) in enumerate(leaves):
+            if isinstance(leaf, torch.Tensor):
+                positions.append(position)
+                tensors.append(leaf)
+                continue
+            scalar = fingerprint_scalar(leaf)
+            if scalar is None:  # complex numbers, and whatever as_tensor makes of the rest
+                positions.append(position)
+                tensors.append(as_tensor(leaf))
+            else:
+                fingerprints[position], scalar_bytes[position] = scalar
+        batch = fingerprint_many(tensors)
+        for position, fp in zip(positions, batch.fingerprints, strict=True):
+            fingerprints[position] = fp
+        self.run.bytes_fingerprinted += sum(batch.nbytes) + sum(
+            len(data) for data in scalar_bytes if data is not None
+        )
+        refs: list[SpillRef | None] = [None] * count
+        if self._spill is not None:
+            self._spill_all(refs, fingerprints, scalar_bytes, positions, batch)
+        values: list[float | None] = [None] * count
+        for position, key in enumerate(keys):
+            if key.startswith(SCALAR_PREFIX) and not fingerprints[position].shape:
+                values[position] = _metric_value(leaves[position][1], fingerprints[position])
+        entries = map(_new_entry, fingerprints, values, refs)
+        record = StepRecord(int(step), dict(zip(keys, entries, strict=True)))
         self.run.steps.append(record)
         return record
 
-    def _entry(self, key: str, leaf: Any) -> Entry:
-        tensor = as_tensor(leaf)
-        fingerprint, data = fingerprint_with_bytes(tensor)
-        self.run.bytes_fingerprinted += data.nbytes
-        value = None
-        if tensor.dim() == 0 and key.startswith(SCALAR_PREFIX):
-            value = float((tensor.real if tensor.is_complex() else tensor).detach())
-        spill = None
-        if self._spill is not None:
-            if not self._spill.exhausted:
-                identity = (fingerprint.digest, fingerprint.dtype, fingerprint.shape)
-                spill = self._spill.write(identity, data)
-            self.run.spill_exhausted = self.run.spill_exhausted or self._spill.exhausted
-        return Entry(fingerprint, value, spill)
+    def _spill_all(
+        self,
+        refs: list[SpillRef | None],
+        fingerprints: list[Fingerprint],
+        scalar_bytes: list[bytes | None],
+        positions: list[int],
+        batch: FingerprintBatch,
+    ) -> None:
+        """Reserve every new tensor's place in the spill file, in key order, until the budget
+        runs out; then hand over their bytes (a device's cross to the host only here)."""
+        spill = self._spill
+        assert spill is not None
+        in_batch = dict(zip(positions, range(len(positions)), strict=True))
+        writes: list[tuple[SpillRef, Any, bool]] = []
+        from_batch, batch_refs = [], []
+        for position, fp in enumerate(fingerprints):
+            if spill.exhausted:
+                break
+            data = scalar_bytes[position]
+            index = in_batch.get(position) if data is None else None
+            nbytes = len(data) if data is not None else batch.nbytes[index]  # type: ignore[index]
+            ref, fresh = spill.reserve((fp.digest, fp.dtype, fp.shape), nbytes)
+            refs[position] = ref
+            if not fresh:
+                continue
+            if data is not None:
+                writes.append((ref, data, False))
+            else:
+                from_batch.append(index)
+                batch_refs.append(ref)
+        self.run.spill_exhausted = self.run.spill_exhausted or spill.exhausted
+        for ref, (data, aliased) in zip(batch_refs, batch.host_bytes(from_batch), strict=True):
+            writes.append((ref, data, aliased))
+        if writes:
+            spill.put(writes)
 
     def close(self) -> RunRecord:
         if self._spill is not None:
             self._spill.flush()
             self._spill.close()
         return self.run
+
+
+_new_entry = frozen_constructor(Entry)
+
+
+def _raise_duplicate(step: int, keys: list[str]) -> None:
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen:
+            raise ValueError(
+                f"repro.record(step={step}): key {key!r} recorded twice in one step; "
+                f"give the values distinct names"
+            )
+        seen.add(key)
+
+
+def _metric_value(leaf: Any, fp: Fingerprint) -> float:
+    """The value of a 0-d metric: the real part for complex values."""
+    import torch
+
+    if fp.stats is not None:  # the element itself, as float64 (real part first if complex)
+        return fp.stats.sample[0]
+    if isinstance(leaf, torch.Tensor):
+        return float((leaf.real if leaf.is_complex() else leaf).detach())
+    return float(leaf.real if isinstance(leaf, (complex, np.complexfloating)) else leaf)
 
 
 def check_recordable(step: Any, state: Mapping[str, Any]) -> None:
