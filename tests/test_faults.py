@@ -37,6 +37,7 @@ from repro_check.orchestration.executor import (
     WorkerJob,
     summarize_output,
 )
+from repro_check.orchestration.investigation import parameter_order_differs
 from repro_check.orchestration.launcher import (
     OWNER_FILE,
     WorkerLauncher,
@@ -46,7 +47,8 @@ from repro_check.orchestration.launcher import (
 )
 from repro_check.orchestration.replay import VerdictPipeline
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, default_specs
-from repro_check.orchestration.verdict import IDENTICAL
+from repro_check.orchestration.verdict import IDENTICAL, STRUCTURAL
+from repro_check.reporting.verdicts import failure_message
 
 NODEID = "tests/test_model.py::test_train"
 
@@ -653,3 +655,69 @@ def test_stale_folders_are_removed_only_when_their_owner_is_gone(tmp_path):
         "repro-check-alive",
         "repro-check-foreign",
     ]
+
+
+# ----------------------------------------------------------------------------- diagnosis
+
+
+def adam_run(tmp_path: Path, name: str, reverse: bool = False, extra: str = "") -> RunRecord:
+    """Three Adam steps; ``reverse`` hands the optimizer the parameters in reverse order (as
+    building it from a set may); ``extra`` records one more key (a structural difference)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(params[::-1] if reverse else params, lr=0.1)
+    data = torch.Generator().manual_seed(1)
+    recorder = Recorder(SpillWriter(tmp_path / f"{name}.bin", 2**20))
+    for step in range(3):
+        loss = model(torch.randn(8, 4, generator=data)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        state = {"model": model, "optimizer": optimizer, "loss": loss}
+        recorder.record(step, {**state, **({extra: torch.ones(1)} if extra else {})})
+    return recorder.close()
+
+
+class ControlRerunner:
+    """The control rerun reproduces replica 0 (only process state differed)."""
+
+    def __init__(self, record: RunRecord):
+        self.record, self.calls = record, []
+
+    def __call__(self, nodeid, originals, window, attempt):
+        self.calls.append((len(originals), window))
+        return [ReplicaResult(nodeid, 0, "passed", record=self.record)]
+
+
+def decide(tmp_path, reference, other, rerunner):
+    pipeline = VerdictPipeline(
+        SessionSettings(0), default_specs(2, subprocess=True), rerunner=rerunner
+    )
+    results = [
+        ReplicaResult(NODEID, 0, "passed", record=reference),
+        ReplicaResult(NODEID, 1, "passed", record=other),
+    ]
+    return pipeline.decide(Case(NODEID, NODEID), results)
+
+
+def test_a_structural_mismatch_gets_the_control_replica_and_its_diagnosis(tmp_path):
+    reference = adam_run(tmp_path, "a")
+    rerun = ControlRerunner(adam_run(tmp_path, "c"))
+    verdict = decide(tmp_path, reference, adam_run(tmp_path, "b", extra="vocab_word"), rerun)
+    assert verdict.status == STRUCTURAL and rerun.calls == [(1, None)]
+    assert verdict.diagnosis.startswith("only process-level state differs")
+    assert "PYTHONHASHSEED" in verdict.diagnosis and "sorted(" in verdict.diagnosis
+    assert "did different work" in failure_message(verdict)
+
+
+def test_only_the_optimizer_indexing_differing_is_named_parameter_order(tmp_path):
+    reference, swapped = adam_run(tmp_path, "a"), adam_run(tmp_path, "b", reverse=True)
+    assert parameter_order_differs(reference, swapped)
+    assert not parameter_order_differs(reference, adam_run(tmp_path, "c", extra="x"))
+    verdict = decide(tmp_path, reference, swapped, ControlRerunner(adam_run(tmp_path, "d")))
+    assert verdict.status == STRUCTURAL  # exp_avg of the weight (2, 4) vs of the bias (2,)
+    assert verdict.diagnosis.startswith("parameter order differs: every model weight")
+    assert "PYTHONHASHSEED" in verdict.diagnosis  # and the control says it is process state
+    message = failure_message(verdict)
+    assert "did different work" not in message and "parameter order differs" in message

@@ -8,12 +8,16 @@ fake rerunner, and the pytest front end only supplies the real one.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec
 from repro_check.orchestration.verdict import Localization, TestVerdict
+
+if TYPE_CHECKING:
+    from repro_check.core.record import RunRecord
 
 LOCALIZE_AUTO_S = 30.0  # "auto" localises when one replica of the test took less than this
 LOCALIZE_ATTEMPTS = 3
@@ -95,6 +99,87 @@ def process_state_finding(specs: Sequence[ReplicaSpec], control_matches: bool) -
     )
 
 
+PARAMETER_ORDER = "parameter order differs"
+_OPTIMIZER_GROUP = re.compile(r"^(.+)\.param_groups\.\d+\.")
+_OPTIMIZER_STATE = re.compile(r"^(.+)\.state\.(\d+)\.(.+)$")
+
+
+def parameter_order_differs(reference: RunRecord, other: RunRecord) -> bool:
+    """Whether two records differ only in how an optimizer's state is indexed: every other
+    key bitwise equal at every step, and each optimizer's per-parameter states the same
+    collection, assigned to different parameter positions (the optimizer was given the
+    parameters in another order, e.g. from a set)."""
+    if [s.step for s in reference.steps] != [s.step for s in other.steps]:
+        return False
+    permuted = False
+    for a, b in zip(reference.steps, other.steps, strict=True):
+        optimizers = {m.group(1) for key in a.entries if (m := _OPTIMIZER_GROUP.match(key))}
+        states_a, rest_a = _split_states(a.entries, optimizers)
+        states_b, rest_b = _split_states(b.entries, optimizers)
+        if rest_a != rest_b:
+            return False
+        for name in optimizers:
+            by_position_a, by_position_b = states_a.get(name, {}), states_b.get(name, {})
+            if sorted(by_position_a.values()) != sorted(by_position_b.values()):
+                return False
+            permuted = permuted or by_position_a != by_position_b
+    return permuted
+
+
+def _split_states(
+    entries: dict, optimizers: set[str]
+) -> tuple[dict[str, dict[str, tuple]], dict[str, tuple]]:
+    """(optimizer -> parameter position -> its state's fingerprints, every other key's)."""
+    states: dict[str, dict[str, tuple]] = {}
+    rest = {}
+    for key, entry in entries.items():
+        fp = entry.fingerprint
+        identity = (fp.digest, fp.dtype, fp.shape)
+        match = _OPTIMIZER_STATE.match(key)
+        if match and match.group(1) in optimizers:
+            position = states.setdefault(match.group(1), {})
+            state = dict(position.get(match.group(2), ()))
+            state[match.group(3)] = identity
+            position[match.group(2)] = tuple(sorted(state.items()))
+        else:
+            rest[key] = identity
+    return states, rest
+
+
+def parameter_order_finding() -> str:
+    return (
+        f"{PARAMETER_ORDER}: every model weight and every other recorded value agrees bit for "
+        f"bit, and the optimizer holds the same per-parameter state -- at other positions. "
+        f"Its state is indexed by the order the parameters were passed in, and the replicas "
+        f"passed them in different orders (built from a set, or a dict keyed by strings?). "
+        f"Pass model.parameters(), or sort the named parameters, when building the optimizer."
+    )
+
+
+def control_rerun(verdict: TestVerdict, specs: Sequence[ReplicaSpec], rerun: Rerunner) -> None:
+    """Only the control: rerun replica 0 with its own process settings. For a structural
+    mismatch (other steps, keys or shapes) there is no divergent op to trace, but whether a
+    control reproduces replica 0 still separates process state (hash randomisation deciding
+    a set's order) from nondeterminism inside the run."""
+    reference = verdict.reference.record if verdict.reference else None
+    if reference is None or verdict.other_replica is None:
+        return
+    _control_finding(verdict, specs, reference, rerun(verdict.nodeid, specs[:1], None, 0)[0])
+
+
+def _control_finding(
+    verdict: TestVerdict,
+    specs: Sequence[ReplicaSpec],
+    reference: RunRecord,
+    control: ReplicaResult,
+) -> None:
+    from repro_check.core.compare import compare_runs
+
+    if control.outcome == "passed" and control.record:
+        identical = compare_runs(reference, control.record).identical
+        verdict.diagnosis = process_state_finding(specs, identical)
+
+
 def localize(
     reruns: Sequence[ReplicaResult],
     step: int,
@@ -148,7 +233,6 @@ def investigate(
     Intermittent nondeterminism may part elsewhere (or not at all) in a rerun: the window
     follows the reruns' own first divergence, for up to LOCALIZE_ATTEMPTS attempts.
     """
-    from repro_check.core.compare import compare_runs
 
     divergence = verdict.comparison.divergence if verdict.comparison else None
     reference = verdict.reference.record if verdict.reference else None
@@ -163,11 +247,8 @@ def investigate(
         reruns = rerun(
             verdict.nodeid, originals if localize_ops else originals[:1], window, attempt
         )
-        control = reruns[0]
-        if attempt == 0 and control_speaks and control.outcome == "passed" and control.record:
-            verdict.diagnosis = process_state_finding(
-                specs, compare_runs(reference, control.record).identical
-            )
+        if attempt == 0 and control_speaks:
+            _control_finding(verdict, specs, reference, reruns[0])
         if not localize_ops:
             return
         found = localize(reruns, step, originals, start)

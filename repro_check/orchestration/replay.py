@@ -18,8 +18,11 @@ from repro_check.orchestration.case import Case, SessionSettings
 from repro_check.orchestration.gate import BaselineGate
 from repro_check.orchestration.investigation import (
     Rerunner,
+    control_rerun,
     investigate,
     localize_from_replicas,
+    parameter_order_differs,
+    parameter_order_finding,
     should_localize,
 )
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec
@@ -28,6 +31,7 @@ from repro_check.orchestration.verdict import (
     DIVERGED,
     IDENTICAL,
     SINGLE,
+    STRUCTURAL,
     TestVerdict,
     judge,
 )
@@ -62,6 +66,7 @@ class VerdictPipeline:
         # In-process replicas are investigated too when an allowance must be checked: the reruns
         # are fresh processes either way.
         investigable = self.subprocess or bool(verdict.allowed)
+        order_differs = _parameter_order_differs(verdict)
         if (
             verdict.status == DIVERGED
             and investigable
@@ -72,9 +77,15 @@ class VerdictPipeline:
                 verdict,
                 self.specs,
                 self.rerunner,
-                localize_ops=should_localize(self.localize_mode, verdict.duration, len(self.specs)),
+                localize_ops=not order_differs
+                and should_localize(self.localize_mode, verdict.duration, len(self.specs)),
                 control_speaks=self.subprocess,
             )
+        elif verdict.status == STRUCTURAL and self.subprocess and self.rerunner is not None:
+            control_rerun(verdict, self.specs, self.rerunner)
+        if order_differs:
+            found = parameter_order_finding()
+            verdict.diagnosis = f"{found} {verdict.diagnosis}".strip()
         if verdict.status == DIVERGED and verdict.allowed:
             apply_allowance(verdict, case.atol)
         if verdict.status in (IDENTICAL, SINGLE, ALLOWED) and self.gate is not None:
@@ -113,6 +124,15 @@ class VerdictPipeline:
                     )
                     unsaved.append(f"replica {result.replica}'s checkpoint not saved: {reason}")
             yield result
+
+
+def _parameter_order_differs(verdict: TestVerdict) -> bool:
+    pair = (verdict.reference, verdict.other)
+    if verdict.status not in (DIVERGED, STRUCTURAL) or any(
+        r is None or r.record is None for r in pair
+    ):
+        return False
+    return parameter_order_differs(pair[0].record, pair[1].record)  # type: ignore[union-attr]
 
 
 def apply_allowance(verdict: TestVerdict, default_atol: float) -> None:

@@ -45,6 +45,15 @@ def marker_of(item: pytest.Item) -> MarkerSettings:
         raise pytest.UsageError(str(exc)) from None
 
 
+def replica_timeouts(items: list[pytest.Item]) -> dict[str, float | None]:
+    """The time limits markers set (``timeout=``), by test id; the others use the session's."""
+    return {
+        item.nodeid: timeout
+        for item in items
+        if is_repro_item(item) and (timeout := marker_of(item).timeout) is not None
+    }
+
+
 def steps_for(item: pytest.Item) -> int:
     override = item.config.getoption("repro_steps")
     if override is not None:

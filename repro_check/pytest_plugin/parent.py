@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from contextlib import ExitStack, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,8 @@ from repro_check.pytest_plugin.items import (
     case_for,
     context_key,
     is_repro_item,
-    marker_of,
     replica_key,
+    replica_timeouts,
     started_key,
 )
 from repro_check.pytest_plugin.options import CACHE_KEY, Options
@@ -177,11 +178,7 @@ class ParentSession(SeededSession):
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self._known.update(item.nodeid for item in session.items)
-        self.launcher.timeouts = {
-            item.nodeid: timeout
-            for item in session.items
-            if is_repro_item(item) and (timeout := marker_of(item).timeout) is not None
-        }
+        self.launcher.timeouts = replica_timeouts(session.items)
         if not self.subprocess or session.config.option.collectonly:
             return
         if hasattr(session.config, "workerinput"):
@@ -398,33 +395,34 @@ class ParentSession(SeededSession):
     # --- a test that ends the interpreter (in-process mode)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if not self.subprocess:
-            self._guards.enter_context(on_interpreter_exit(self._interpreter_exit))
+            self._guards.enter_context(on_interpreter_exit(partial(report_interpreter_exit, self)))
 
-    def _interpreter_exit(self, status: int) -> None:
-        """A test running in this process called ``os._exit``: it fails, the report is
-        written, and the reason printed -- then the process ends as the test asked."""
-        item = self._running_item
-        index = self.replica_index(item) if item is not None else 0
-        reason = (
-            f"the test called os._exit({status}) in in-process replica {index}, which ends "
-            f"the interpreter: the session stops here. Run it with --repro-mode=subprocess, "
-            f"where a replica that exits fails only its own test."
+
+def report_interpreter_exit(session: ParentSession, status: int) -> None:
+    """A test running in this process called ``os._exit``: it fails, the report is
+    written, and the reason printed -- then the process ends as the test asked."""
+    item = session._running_item
+    index = session.replica_index(item) if item is not None else 0
+    reason = (
+        f"the test called os._exit({status}) in in-process replica {index}, which ends "
+        f"the interpreter: the session stops here. Run it with --repro-mode=subprocess, "
+        f"where a replica that exits fails only its own test."
+    )
+    if item is not None:
+        crashed = ReplicaResult(item.nodeid, index, "crashed", error=reason)
+        verdict = session.pipeline.decide(case_for(item, session.options), [crashed])
+        session.report.verdicts.append(render(verdict))
+    written = ""
+    if session.report.verdicts and session.options.report_dir is not None:
+        session.report.write_files(
+            session.options.report_dir, session.session_info(), session.config.rootpath
         )
-        if item is not None:
-            crashed = ReplicaResult(item.nodeid, index, "crashed", error=reason)
-            verdict = self.pipeline.decide(case_for(item, self.options), [crashed])
-            self.report.verdicts.append(render(verdict))
-        written = ""
-        if self.report.verdicts and self.options.report_dir is not None:
-            self.report.write_files(
-                self.options.report_dir, self.session_info(), self.config.rootpath
-            )
-            written = f"\nrepro-check: report written to {self.options.report_dir}"
-        capman = self.config.pluginmanager.getplugin("capturemanager")
-        with capman.global_and_fixture_disabled() if capman else nullcontext():
-            name = item.nodeid if item is not None else "a test"
-            sys.stderr.write(f"\nrepro-check: {name}: {reason}{written}\n")
-            sys.stderr.flush()
+        written = f"\nrepro-check: report written to {session.options.report_dir}"
+    capman = session.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else nullcontext():
+        name = item.nodeid if item is not None else "a test"
+        sys.stderr.write(f"\nrepro-check: {name}: {reason}{written}\n")
+        sys.stderr.flush()
 
 
 def _shown(path: Path, config: pytest.Config) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from tabulate import tabulate
 
 from repro_check.core.compare import Divergence
+from repro_check.orchestration.investigation import PARAMETER_ORDER
 from repro_check.orchestration.verdict import (
     BASELINE_MISMATCH,
     BASELINE_MISSING,
@@ -80,10 +81,11 @@ def failure_message(verdict: TestVerdict) -> str:
         if verdict.comparison.structural is not None:
             s = verdict.comparison.structural
             lines.append(f"  structural mismatch: {s.message}")
-            lines.append(
-                "  (the replicas did different work -- control flow, number of steps or "
-                "recorded state depends on something nondeterministic)"
-            )
+            if not verdict.diagnosis.startswith(PARAMETER_ORDER):  # same work, other order
+                lines.append(
+                    "  (the replicas did different work -- control flow, number of steps or "
+                    "recorded state depends on something nondeterministic)"
+                )
         else:
             assert verdict.comparison.divergence is not None
             lines.extend(_divergence_lines(verdict.comparison.divergence))
