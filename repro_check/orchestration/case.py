@@ -16,7 +16,7 @@ from typing import Any
 from repro_check.orchestration.allowance import Allowance, AllowanceError, from_mapping
 
 DEFAULT_STEPS = 10
-MARKER_KEYWORDS = ("steps", "atol", "rtol", "allow", "timeout")
+MARKER_KEYWORDS = ("steps", "atol", "rtol", "allow", "timeout", "variants")
 
 
 class MarkerError(ValueError):
@@ -31,6 +31,8 @@ class MarkerSettings:
     allow: tuple[Allowance, ...] = ()
     #: Seconds a replica may spend in the test (None: the session's --repro-timeout; 0: none).
     timeout: float | None = None
+    #: Backend variant names (orchestration.variants), validated and spelled canonically.
+    variants: tuple[str, ...] = ()
 
 
 def parse_timeout(value: Any, where: str) -> float:
@@ -87,7 +89,27 @@ def parse_marker(
         if kwargs.get("timeout") is not None
         else None
     )
-    return MarkerSettings(steps, tolerances.get("atol"), tolerances.get("rtol"), allow, timeout)
+    variants = _variant_names(kwargs.get("variants"), nodeid)
+    return MarkerSettings(
+        steps, tolerances.get("atol"), tolerances.get("rtol"), allow, timeout, variants
+    )
+
+
+def _variant_names(value: Any, nodeid: str) -> tuple[str, ...]:
+    from repro_check.orchestration.variants import VariantError, parse_variants
+
+    if value is None:
+        return ()
+    where = f"{nodeid}: @pytest.mark.repro(variants=...)"
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise MarkerError(
+            f"{where} got {value!r}; give a list of variant names, e.g. "
+            f"variants=['threads=1', 'isa=default', 'float64']"
+        )
+    try:
+        return tuple(v.name for v in parse_variants(value, where))
+    except VariantError as exc:
+        raise MarkerError(str(exc)) from None
 
 
 @dataclass(frozen=True)

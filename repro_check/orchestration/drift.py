@@ -105,6 +105,9 @@ class DriftStep:
     nan: tuple[int, int, int, int] = (0, 0, 0, 0)  # reference NaN, inf; variant NaN, inf
     values_missing: int = 0  # differing keys with neither spilled values nor statistics
     first_key: str = ""  # the first differing key, in recording order
+    #: Some differing keys were compared through their statistics' sample (not spilled): the
+    #: element counts are then unknown.
+    from_stats: bool = False
 
     @property
     def identical(self) -> bool:
@@ -140,6 +143,7 @@ class DriftStep:
             "nan": list(self.nan),
             "values_missing": self.values_missing,
             "first_key": self.first_key,
+            "from_stats": self.from_stats,
         }
 
 
@@ -454,7 +458,7 @@ def _measure_step(
             step.max_ulp = max(step.max_ulp or 0.0, drift.max_ulp or 0.0)
             step.elements_differing += drift.mismatch.mismatched
         else:
-            step.elements_differing += fa.numel  # unknown: counted as differing
+            step.from_stats = True  # how many elements differ is unknown
         if drift.mismatch.max_abs >= step.max_abs:
             step.max_abs, step.max_abs_key = drift.mismatch.max_abs, key
         step.max_rel = max(step.max_rel, drift.mismatch.max_rel)
@@ -532,14 +536,22 @@ def decide(analysis: DriftAnalysis, *, is_judge: bool = False) -> Decision:
             f"{where}, but {missing} differing key(s) have no values to judge (neither spilled "
             f"tensors nor statistics, or no float64 values): raise --repro-spill-mb",
         )
-    failing = [k for k in analysis.first_keys if k.judgement is not None and not k.judgement.agrees]
+    judged = [k for k in analysis.first_keys if k.judgement is not None]
+    failing = [k for k in judged if not k.judgement.agrees]  # type: ignore[union-attr]
     if failing:
-        worst = max(failing, key=lambda k: _ratio(k.judgement))  # type: ignore[arg-type]
+        # The largest failing key: its RMS rests on the most numbers (small keys are noisy).
+        worst = max(failing, key=lambda k: (k.numel, _ratio(k.judgement)))  # type: ignore[arg-type]
         assert worst.judgement is not None
+        pooled = (
+            f"; over all {len(judged)} differing keys: {first.judgement.reason}"
+            if (first.judgement is not None)
+            else ""
+        )
         return Decision(
             DISAGREES,
-            f"{where}: beyond the float64 rule in {len(failing)} key(s); worst {worst.key}: "
-            f"{worst.judgement.reason}",
+            f"{where}: beyond the float64 rule in {len(failing)} of {len(judged)} differing "
+            f"key(s); the largest, {worst.key} ({worst.numel} values): {worst.judgement.reason}"
+            f"{pooled}",
         )
     if first.judgement is not None and not first.judgement.agrees:
         return Decision(
@@ -621,6 +633,8 @@ class VariantReport:
     outcomes: list[VariantOutcome] = field(default_factory=list)
     judged_by: str = ""
     note: str = ""
+    #: The float64 run's record, kept until the run's record file is written (not serialised).
+    fp64_record: RunRecord | None = field(default=None, repr=False)
 
     @property
     def failed(self) -> bool:
@@ -715,6 +729,7 @@ class VariantStage:
             f"float64 run"
         )
         self._locate_drift_ops(case, report, planned, verdict)
+        report.fp64_record = fp64_record
         verdict.variants = report
         if report.failed and not verdict.failed:
             verdict.status = VARIANT_MISMATCH

@@ -13,7 +13,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,11 +228,22 @@ class WorkerLauncher:
             },
         )
 
-    def pool(self, nodeids: Sequence[str], specs: Sequence[ReplicaSpec], tag: str) -> ReplicaPool:
-        """One worker per replica spec, each running every test in ``nodeids``; started."""
+    def pool(
+        self,
+        nodeids: Sequence[str],
+        specs: Sequence[ReplicaSpec],
+        tag: str,
+        extra: Sequence[tuple[Sequence[str], ReplicaSpec]] = (),
+        executor: Executor | None = None,
+    ) -> ReplicaPool:
+        """One worker per replica spec, each running every test in ``nodeids``, and one per
+        ``extra`` spec (a backend variant's replica) running its own tests; started. The
+        workers run through ``executor`` (default: local threads, --repro-jobs at once)."""
         jobs = [self.job(nodeids, spec, f"{tag}-{spec.index}") for spec in specs]
+        jobs += [self.job(ids, spec, f"{tag}-{spec.index}") for ids, spec in extra]
         workers = min(self.settings.jobs, len(jobs))
-        pool = ReplicaPool(jobs, ThreadPoolExecutor(max_workers=workers), relaunch=self.relaunch)
+        executor = executor or ThreadPoolExecutor(max_workers=workers)
+        pool = ReplicaPool(jobs, executor, relaunch=self.relaunch)
         pool.start()
         return pool
 
@@ -252,6 +263,7 @@ class WorkerLauncher:
                 dict(original.env),
                 original.num_threads,
                 f"rerun of replica {original.index}",
+                settings=dict(original.settings),
             )
             trace: dict[str, Any] | None = None
             if window is not None:

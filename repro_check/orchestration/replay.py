@@ -15,6 +15,7 @@ from typing import Any
 
 from repro_check.core.seeding import root_seed_for_test
 from repro_check.orchestration.case import Case, SessionSettings
+from repro_check.orchestration.drift import ResultsOf, VariantStage
 from repro_check.orchestration.gate import BaselineGate
 from repro_check.orchestration.investigation import (
     Rerunner,
@@ -50,8 +51,17 @@ class VerdictPipeline:
     checkpoint_dir: Path | None = None  # save each replica's last step here (None: do not)
     #: The environment snapshot for the baseline when a replica sent none (in-process replicas).
     snapshot: Callable[[], dict[str, Any]] = dict
+    #: Backend variants judged against the reference (None: no --repro-variants/marker).
+    variants: VariantStage | None = None
+    #: Report folder where each test's record is kept for ``repro-check compare`` (None: not).
+    records_dir: Path | None = None
 
-    def decide(self, case: Case, results: Iterable[ReplicaResult]) -> TestVerdict:
+    def decide(
+        self,
+        case: Case,
+        results: Iterable[ReplicaResult],
+        variant_results: ResultsOf | None = None,
+    ) -> TestVerdict:
         seed = root_seed_for_test(self.settings.base_seed, case.nodeid)
         unsaved: list[str] = []  # checkpoints that could not be written, and why
         if self.checkpoint_dir is not None:
@@ -92,6 +102,15 @@ class VerdictPipeline:
             reference = verdict.reference
             assert reference is not None
             self.gate.stage(case, verdict, reference.environment or self.snapshot())
+        if self.variants is not None and variant_results is not None:
+            self.variants.stage(case, verdict, variant_results)
+        if self.records_dir is not None and verdict.reference is not None:
+            from repro_check.orchestration.records import save_for_later
+
+            environment = verdict.reference.environment or self.snapshot()
+            save_for_later(self.records_dir, case, verdict, environment)
+        if verdict.variants is not None:
+            verdict.variants.fp64_record = None
         verdict.reference = verdict.other = None  # drop records: memory stays flat
         return verdict
 

@@ -20,6 +20,9 @@ class ReplicaSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     num_threads: int | None = None
     label: str = ""
+    #: In-process backend settings of a variant (float64, mkldnn, device, ...): applied by the
+    #: worker before each test (repro_check.core.backend.apply_settings).
+    settings: Mapping[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
         parts = [f"{k}={v}" for k, v in sorted(self.env.items())]
@@ -33,11 +36,18 @@ class ReplicaSpec:
             "env": dict(self.env),
             "num_threads": self.num_threads,
             "label": self.label,
+            "settings": dict(self.settings),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ReplicaSpec:
-        return cls(int(data["index"]), dict(data["env"]), data["num_threads"], data["label"])
+        return cls(
+            int(data["index"]),
+            dict(data["env"]),
+            data["num_threads"],
+            data["label"],
+            dict(data.get("settings") or {}),
+        )
 
 
 def default_specs(runs: int, *, subprocess: bool) -> list[ReplicaSpec]:

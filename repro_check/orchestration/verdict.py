@@ -27,8 +27,17 @@ SINGLE = "single-run"
 ALLOWED = "allowed"  # diverged only through an op the test declares as known nondeterminism
 BASELINE_MISMATCH = "baseline-mismatch"
 BASELINE_MISSING = "baseline-missing"
+VARIANT_MISMATCH = "variant-mismatch"  # a backend variant disagrees beyond the float64 rule
 FAILING = frozenset(
-    {DIVERGED, STRUCTURAL, ERROR, NOT_RECORDED, BASELINE_MISMATCH, BASELINE_MISSING}
+    {
+        DIVERGED,
+        STRUCTURAL,
+        ERROR,
+        NOT_RECORDED,
+        BASELINE_MISMATCH,
+        BASELINE_MISSING,
+        VARIANT_MISMATCH,
+    }
 )
 
 
@@ -118,6 +127,7 @@ class TestVerdict:
     allowed: tuple[Allowance, ...] = ()  # known nondeterminism the test declares
     baseline: BaselineOutcome | None = None
     localization: Localization | None = None  # the op (or line) to blame
+    variants: Any = None  # orchestration.drift.VariantReport: the backend variants' drift
     #: The error is the replica's process (it died, hung, ran out of disk, did not collect
     #: the test), not an exception raised by the test.
     crashed: bool = False
@@ -167,6 +177,7 @@ class TestVerdict:
             "notes": self.notes,
             "baseline": self.baseline.to_json() if self.baseline else {},
             "localization": self.localization.to_json() if self.localization else {},
+            "variants": self.variants.to_json() if self.variants is not None else None,
             "allowed_nondeterminism": {a.op: a.describe() for a in self.allowed},
         }
 

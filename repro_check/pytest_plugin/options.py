@@ -142,6 +142,24 @@ def add_options(parser: pytest.Parser) -> None:
         "and CUBLAS_WORKSPACE_CONFIG=:4096:8",
     )
     group.addoption(
+        "--repro-variants",
+        default=None,
+        metavar="LIST",
+        help="also run every marked test in other environments and judge their drift against "
+        "a float64 run: comma-separated, from threads=N, isa=default|avx2|avx512, mkldnn=off, "
+        "deterministic, float64, compile, cuda, cuda:deterministic, tf32=on, mps ('+' "
+        "combines); unsupported ones are skipped with the reason (ini repro_variants; marker "
+        "variants=[...])",
+    )
+    group.addoption(
+        "--repro-variant-runs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="replicas per variant, compared bit for bit within the variant (default: "
+        "--repro-runs; ini repro_variant_runs)",
+    )
+    group.addoption(
         "--repro-sensitivity",
         action="store_true",
         default=False,
@@ -194,6 +212,10 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("repro_runs", "replicas per test under --repro", default="2")
     parser.addini("repro_seed", "base seed (N, last or random)", default=str(DEFAULT_BASE_SEED))
     parser.addini("repro_mode", "subprocess or inprocess", default="subprocess")
+    parser.addini(
+        "repro_variants", "backend variants for every marked test (comma-separated)", default=""
+    )
+    parser.addini("repro_variant_runs", "replicas per variant (default: repro_runs)", default="")
     parser.addini("repro_report", "report folder", default="reports")
     parser.addini(
         "repro_timeout", "seconds a replica may spend in one test (0: no limit)", default="1800"
@@ -236,6 +258,9 @@ class Options:
     baseline_dir: str = ""
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
+    #: Backend variants for every marked test (canonical names; the marker may add more).
+    variants: tuple[str, ...] = ()
+    variant_runs: int = 2
     #: Seconds a replica may spend in one test (None: no limit).
     timeout: float | None = 1800.0
 
@@ -297,7 +322,20 @@ class Options:
             timeout=_non_negative_float(pick("timeout"), "--repro-timeout") or None,
             atol=_non_negative_float(pick("atol"), "repro_atol"),
             rtol=_non_negative_float(pick("rtol"), "repro_rtol"),
+            variants=_variants(pick("variants")),
+            variant_runs=_positive_int(pick("variant_runs"), "--repro-variant-runs")
+            if pick("variant_runs").strip()
+            else runs,
         )
+
+
+def _variants(text: str) -> tuple[str, ...]:
+    from repro_check.orchestration.variants import VariantError, parse_variants
+
+    try:
+        return tuple(v.name for v in parse_variants([text]))
+    except VariantError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _last_seed(config: pytest.Config) -> int:

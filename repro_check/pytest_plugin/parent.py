@@ -23,6 +23,7 @@ from repro_check.core.paths import NoSpaceError, UnsafePathError, id_to_name, in
 from repro_check.core.record import Recorder
 from repro_check.core.spill import SpillWriter
 from repro_check.orchestration.case import SessionSettings
+from repro_check.orchestration.drift import VariantStage
 from repro_check.orchestration.executor import ReplicaPool
 from repro_check.orchestration.gate import BaselineGate
 from repro_check.orchestration.guards import on_interpreter_exit
@@ -41,6 +42,12 @@ from repro_check.pytest_plugin.items import (
 )
 from repro_check.pytest_plugin.options import CACHE_KEY, Options
 from repro_check.pytest_plugin.seeded import SeededSession, maybe_deterministic
+from repro_check.pytest_plugin.variants import (
+    extra_jobs,
+    plan_session,
+    results_of,
+    variant_options,
+)
 from repro_check.pytest_plugin.worker import (
     ParentChain,
     outcome_of,
@@ -79,6 +86,7 @@ def session_settings(config: pytest.Config, options: Options) -> SessionSettings
         steps_override=config.getoption("repro_steps"),
         inprocess=options.mode == "inprocess",
         baseline_dir=str(config.getoption("repro_baseline_dir") or ""),
+        extra=variant_options(options),
     )
 
 
@@ -142,6 +150,7 @@ class ParentSession(SeededSession):
             if options.save_checkpoints and options.report_dir is not None
             else None,
             snapshot=runtime_snapshot,
+            records_dir=options.report_dir,  # each test's record, for repro-check compare
         )
         self.report = SessionReport()
         self.pool: ReplicaPool | None = None
@@ -179,13 +188,24 @@ class ParentSession(SeededSession):
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self._known.update(item.nodeid for item in session.items)
         self.launcher.timeouts = replica_timeouts(session.items)
+        if not session.config.option.collectonly:
+            self._plan_variants(session.items)
         if not self.subprocess or session.config.option.collectonly:
             return
         if hasattr(session.config, "workerinput"):
             return  # under xdist each test starts its own replicas (see pytest_pyfunc_call)
         nodeids = [item.nodeid for item in session.items if is_repro_item(item)]
         if nodeids:
-            self.pool = self.launcher.pool(nodeids, self.specs, "session")
+            variants = extra_jobs(self.pipeline.variants.plan if self.pipeline.variants else [])
+            self.pool = self.launcher.pool(nodeids, self.specs, "session", extra=variants)
+
+    def _plan_variants(self, items: Sequence[pytest.Item]) -> None:
+        """Backend variants (--repro-variants, marker variants=[...]) judged by the pipeline."""
+        plan = plan_session(items, self.options, len(self.specs))
+        if plan:
+            self.pipeline.variants = VariantStage(
+                plan, rerunner=self.launcher.rerun, localize_mode=self.options.localize
+            )
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
@@ -194,11 +214,19 @@ class ParentSession(SeededSession):
         pool = self.pool
         own_pool = pool is None
         if pool is None:  # xdist worker, or collected late: replicas just for this test
+            plan = self.pipeline.variants.plan if self.pipeline.variants else []
             pool = self.launcher.pool(
-                [pyfuncitem.nodeid], self.specs, id_to_name(pyfuncitem.nodeid)
+                [pyfuncitem.nodeid],
+                self.specs,
+                id_to_name(pyfuncitem.nodeid),
+                extra=extra_jobs(plan, only=pyfuncitem.nodeid),
             )
         try:
-            self._judge(pyfuncitem, (pool.result(pyfuncitem.nodeid, s.index) for s in self.specs))
+            self._judge(
+                pyfuncitem,
+                (pool.result(pyfuncitem.nodeid, s.index) for s in self.specs),
+                results_of(pool, pyfuncitem.nodeid),
+            )
         finally:
             if own_pool:
                 pool.close()
@@ -296,8 +324,10 @@ class ParentSession(SeededSession):
         return result
 
     # --- verdicts
-    def _judge(self, item: pytest.Item, results: Iterable[ReplicaResult]) -> None:
-        verdict = self.pipeline.decide(case_for(item, self.options), results)
+    def _judge(
+        self, item: pytest.Item, results: Iterable[ReplicaResult], variant_results: Any = None
+    ) -> None:
+        verdict = self.pipeline.decide(case_for(item, self.options), results, variant_results)
         self.report.verdicts.append(render(verdict))
         item.user_properties.append(("repro_verdict", verdict.status))
         item.user_properties.append(("repro_seed", str(verdict.seed)))
@@ -314,6 +344,10 @@ class ParentSession(SeededSession):
             return
         terminalreporter.section("repro summary")
         for line, markup in summary_lines(self.report.verdicts, self.base_seed):
+            terminalreporter.write_line(line, **markup)
+        from repro_check.reporting.drift import variant_lines
+
+        for line, markup in variant_lines(self.report.verdicts):
             terminalreporter.write_line(line, **markup)
         for path in self._unused_baselines():
             terminalreporter.write_line(

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from repro_check.core.atomic import read_json
+from repro_check.core.backend import apply_settings
 from repro_check.core.paths import id_to_name
 from repro_check.core.record import MetricRecorder, Recorder, RunRecord
 from repro_check.core.spill import SpillWriter
@@ -145,12 +146,14 @@ class WorkerSession(SeededSession):
             last = position == len(runs) - 1
             started = time.perf_counter()
             restore = apply_backend(run.backend)
+            undo_variant = apply_settings(self.spec.settings)  # a backend variant's settings
             try:
                 with self.guard.test(item.nodeid, run.run_id):
                     reports = runtestprotocol(
                         item, log=False, nextitem=nextitem if last else keep_parents
                     )  # type: ignore[arg-type]
             finally:
+                undo_variant()
                 restore()
             context = item.stash.get(context_key, None)
             outcome, error = outcome_of(reports)

@@ -72,7 +72,7 @@ def growth_table(outcome: Mapping[str, Any], indent: str = "    ") -> list[str]:
             [
                 s["step"],
                 f"{s['keys_differing']}/{s['keys_total']}",
-                f"{100.0 * s['elements_differing'] / total:.1f}%",
+                "-" if s.get("from_stats") else f"{100.0 * s['elements_differing'] / total:.1f}%",
                 _g(s["max_abs"]),
                 _g(s["max_ulp"], 6),
                 _g(s["relative_rms"]),
@@ -161,17 +161,20 @@ def plot_drift(nodeid: str, report: Mapping[str, Any], path: Path) -> Path | Non
             for s in steps
             if isinstance(s["relative_rms"], (int, float)) and s["relative_rms"] > 0
         ]
+        if outcome["status"] == "judge" and not yardstick:  # the judge's drift: rounding
+            yardstick = list(points)
         if not yardstick:
             yardstick = [
                 (s["step"], s["reference_error"])
                 for s in steps
                 if isinstance(s.get("reference_error"), (int, float)) and s["reference_error"] > 0
             ]
-        if steps:
+        if steps and outcome["status"] != "judge":  # the judge's curve is the dashed line
             curves.append((outcome, points))
-    if not curves:
+    if not curves and not yardstick:
         return None
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -184,12 +187,12 @@ def plot_drift(nodeid: str, report: Mapping[str, Any], path: Path) -> Path | Non
             axes.plot([], [], label=label)
             continue
         xs, ys = zip(*points, strict=True)
-        style = "-" if outcome["status"] != "judge" else ":"
-        axes.plot(xs, ys, style, marker="o", markersize=3, label=label)
+        axes.plot(xs, ys, "-", marker="o", markersize=3, label=label)
     if yardstick:
         xs, ys = zip(*yardstick, strict=True)
         axes.plot(xs, ys, "k--", linewidth=1, label="reference vs float64 (rounding)")
     axes.set_yscale("log")
+    axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes.set_xlabel("recorded step")
     axes.set_ylabel("RMS difference / RMS (relative)")
     axes.set_title(nodeid if len(nodeid) < 70 else "..." + nodeid[-67:], fontsize=9)

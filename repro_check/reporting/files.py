@@ -73,5 +73,8 @@ def write_reports(
     document = report_document(verdicts, session=session)
     json_path, md_path = directory / "report.json", directory / "report.md"
     write_json(json_path, document)
-    atomic_write_text(md_path, markdown_report(verdicts, document))
-    return [json_path, md_path]
+    from repro_check.reporting.drift import drift_section
+
+    variants_md, pngs = drift_section(directory, document["tests"])
+    atomic_write_text(md_path, markdown_report(verdicts, document) + variants_md)
+    return [json_path, md_path, *pngs]

@@ -89,6 +89,12 @@ def failure_message(verdict: TestVerdict) -> str:
         else:
             assert verdict.comparison.divergence is not None
             lines.extend(_divergence_lines(verdict.comparison.divergence))
+    if verdict.variants is not None and verdict.variants.failed:
+        from repro_check.reporting.drift import report_lines
+
+        if not lines:
+            lines.append(f"{head}: the replicas agree, but a backend variant does not")
+        lines.extend(report_lines(verdict.variants.to_json()))
     loc = verdict.localization
     if loc is not None:
         where = f", traced step {loc.step}" if loc.step is not None else ""
@@ -239,6 +245,9 @@ def summary_row(v: TestVerdict) -> list[Any]:
     if v.nonfinite and not v.failed:
         status += " (NaN/inf)"
     detail = v.first_divergence() or ("-" if not v.error else v.error.splitlines()[0][:60])
+    if v.variants is not None and v.variants.failed:  # the replicas agree; a variant does not
+        bad = v.variants.failing()[0]
+        detail = detail if detail != "-" else f"variant {bad.name}: {bad.status}"
     return [
         v.nodeid,
         len(v.specs),
