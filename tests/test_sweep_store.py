@@ -192,6 +192,8 @@ def test_changed_test_source_or_steps_redo_the_runs_and_say_why(tmp_path):
     (message,) = stored.redo
     assert "3 stored runs" in message and "will be redone" in message
     assert "the test's source" in message and "steps 10 -> 20" in message
+    (fewer,) = store.load({"t.py::test_m[a]": changed}, run_ids={"init:0", "all:0"}).redo
+    assert "1 stored run in" in fewer  # only the runs of this plan are counted
 
 
 def test_rows_without_inputs_are_redone(tmp_path):

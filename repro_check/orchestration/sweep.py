@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,9 +245,13 @@ class SweepStore:
         complete = data.endswith(b"\n") or not data
         return (lines[:-1] if complete else lines), complete
 
-    def load(self, inputs: Mapping[str, Mapping[str, Any]] | None = None) -> StoredRuns:
+    def load(
+        self,
+        inputs: Mapping[str, Mapping[str, Any]] | None = None,
+        run_ids: Collection[str] | None = None,
+    ) -> StoredRuns:
         """Finished rows of this base seed whose inputs equal ``inputs[test]`` (every row of
-        this base seed when ``inputs`` is None)."""
+        this base seed when ``inputs`` is None), among the runs ``run_ids`` of this plan."""
         stored = StoredRuns()
         lines, complete = self._lines()
         stale: dict[str, dict[str, int]] = {}
@@ -260,6 +264,8 @@ class SweepStore:
                 continue
             if row.get("status") not in ("ok", "nan"):
                 continue
+            if run_ids is not None and row["run_id"] not in run_ids:
+                continue  # not in this session's plan
             if inputs is not None and row["test"] not in inputs:
                 continue  # not collected in this session
             expected = inputs[row["test"]] if inputs is not None else None
