@@ -40,6 +40,8 @@ reads the results.
 
 from __future__ import annotations
 
+import array
+import re
 import sys
 import threading
 import weakref
@@ -101,6 +103,10 @@ def _flatten(obj: Any, out: list[Any]) -> None:
             out.append(o)
 
 
+_INT_TYPE = re.compile(r"^(int|SymInt|bool|List\[int\]|List\[SymInt\])$")
+_int64s = array.array
+
+
 def _arg(args: tuple, kwargs: dict, pos: int, name: str, kwarg_only: bool, default: Any) -> Any:
     if not kwarg_only and pos < len(args):
         return args[pos]
@@ -128,9 +134,13 @@ class _OpInfo:
         "out_names",
         "op_hash",
         "nested",
+        "func",
+        "flag_last",
+        "int_args",
     )
 
     def __init__(self, func: Any) -> None:
+        self.func = func  # keeps id(func) from being reused while it keys _OP_INFO
         schema = func._schema
         self.op: str = sys.intern(schema.name)
         self.overload: str = sys.intern(func._overloadname)
@@ -152,13 +162,25 @@ class _OpInfo:
                 flags.append((i, a.name, a.kwarg_only, default))
         self.mutated = tuple(mutated)
         self.flag_pos = tuple(flags)
+        self.flag_last = max((p for p, _n, ko, _d in flags if not ko), default=-1)
+        if any(ko for _p, _n, ko, _d in flags):
+            self.flag_last = len(schema.arguments)  # kwarg-only flags: always the slow way
         # list arguments (Tensor[], int[]) must be flattened; the others are read as they come
         self.nested = any(str(a.type).endswith("]") for a in schema.arguments)
+        # every non-tensor argument an int or a bool (never None): hashed as packed int64s
+        # one tensor argument and every other one an int or a bool (never None: views, mostly):
+        # hashed as packed int64s. A second Tensor argument can arrive as a Python float.
+        tensors = [a for a in schema.arguments if "Tensor" in str(a.type)]
+        self.int_args = [str(a.type) for a in tensors] == ["Tensor"] and all(
+            _INT_TYPE.match(str(getattr(a, "real_type", a.type)))
+            for a in schema.arguments
+            if a not in tensors
+        )
         # a pure view: aliases its input and writes nothing, so its content needs no hash
         self.view: bool = bool(getattr(func, "is_view", False)) and not mutated
 
 
-_OP_INFO: dict[Any, _OpInfo] = {}
+_OP_INFO: dict[int, _OpInfo] = {}  # id(OpOverload) -> info; the info holds the op alive
 _WRAPPERS = (("_dynamo", "eval_frame.py", "_fn"), ("torch", "_compile.py", "inner"))
 _depth: list[int] = []  # frames from __torch_dispatch__ up to the op's caller, once known
 
@@ -289,13 +311,11 @@ class OpTracer(TorchDispatchMode):
 
     def _hash(self, t: torch.Tensor) -> tuple[int, str, tuple[int, ...], str | None]:
         dtype = self._fast.get(t.dtype)
-        if (
-            dtype is not None
-            and type(t) in _PLAIN
-            and t.is_cpu
-            and t.layout == _STRIDED
-            and t.is_contiguous()
-        ):
+        if dtype is not None and type(t) in _PLAIN and t.is_cpu and t.layout == _STRIDED:
+            contiguous = t.is_contiguous()
+        else:
+            contiguous = False
+        if contiguous:
             h = memory_hash(t.data_ptr(), t.nbytes)
             cls = None
         else:
@@ -411,9 +431,9 @@ class OpTracer(TorchDispatchMode):
         if index >= self._limit:
             self.truncated = True
             return func(*args, **kwargs)
-        info = _OP_INFO.get(func)
+        info = _OP_INFO.get(id(func))  # by id: an OpOverload's __hash__ runs Python code
         if info is None:
-            info = _OP_INFO[func] = _OpInfo(func)
+            info = _OP_INFO[id(func)] = _OpInfo(func)
         if self._settle:  # weak references: holding the tensors would change what autograd
             for ref, sig in self._settle:  # does (it steals buffers nobody else holds)
                 t = ref()
@@ -447,11 +467,22 @@ class OpTracer(TorchDispatchMode):
                 scalars.append(x)
         args_hash = 0
         if scalars:
-            args_hash = xxhash.xxh3_64_intdigest("\x1f".join(map(_scalar_repr, scalars)).encode())
+            packed = None
+            if info.int_args:  # sizes, dims, flags: packed as they are (a third of the cost)
+                try:
+                    packed = _int64s("q", scalars)
+                except (TypeError, OverflowError):  # beyond int64, or a value torch converts
+                    pass
+            if packed is None:
+                packed = "\x1f".join(map(_scalar_repr, scalars)).encode()
+            args_hash = xxhash.xxh3_64_intdigest(packed)
         rng = self._rng_hash(kwargs, leaves) if info.random else None
         flags: tuple[Any, ...] = ()
         if info.flag_pos:
-            flags = tuple(_arg(args, kwargs, p, n, ko, d) for p, n, ko, d in info.flag_pos)
+            if kwargs or len(args) <= info.flag_last:
+                flags = tuple([_arg(args, kwargs, p, n, ko, d) for p, n, ko, d in info.flag_pos])
+            else:  # every flag passed positionally
+                flags = tuple([args[p] for p, _n, _ko, _d in info.flag_pos])
             flags = self._interned.setdefault(flags, flags)
 
         # autograd linkage: backward ops run inside an autograd node; forward ops that need a
