@@ -24,6 +24,7 @@ from pytest_runs import Finished, clean_env
 
 from repro_check.cli import main as cli_main
 from repro_check.core.checkpoint import load_checkpoint, save_checkpoint
+from repro_check.core.context import RunContext
 from repro_check.core.paths import HASH_MARK, UnsafePathError, id_to_name, inside, nodeid_path
 from repro_check.core.record import Recorder, RunRecord
 from repro_check.core.seeding import SeedPlan, root_seed_for_test
@@ -463,6 +464,13 @@ def test_f_skipped(repro):
 @pytest.mark.repro(steps=2)
 def test_g_last(repro):
     train(repro)
+
+
+@pytest.mark.repro(steps=2)
+def test_h_quantized_and_empty(repro):
+    q = torch.quantize_per_tensor(torch.linspace(-1, 1, 4), 0.1, 3, torch.qint8)
+    for step in range(repro.steps):
+        repro.record(step, q=q, empty=torch.empty(0, 5))
 """
 
 
@@ -488,7 +496,14 @@ def faults_session(tmp_path_factory) -> Finished:
     for name in ("test_f_skipped", "test_gone"):
         (stale / f"{name}.json").write_text("{}")
     return run_pytest(
-        path, "--repro", "--repro-update", "--repro-jobs=2", "-p", "no:cacheprovider", FAULTS_FILE
+        path,
+        "--repro",
+        "--repro-update",
+        "--repro-save-checkpoints",
+        "--repro-jobs=2",
+        "-p",
+        "no:cacheprovider",
+        FAULTS_FILE,
     )
 
 
@@ -514,6 +529,16 @@ def test_a_test_the_replicas_cannot_collect_says_so(faults_session):
     nodeid = next(n for n in faults_session.tests() if "test_e_id_of_this_process" in n)
     text = faults_session.failure(nodeid.split("::")[1])
     assert "replica 0 did not collect this test" in text
+
+
+def test_quantized_and_empty_tensors_work_end_to_end(faults_session):
+    test = faults_session.tests()[f"{FAULTS_FILE}::test_h_quantized_and_empty"]
+    assert (test["status"], test["baseline"]["action"]) == ("identical", "written")
+    folder = faults_session.report_dir / "checkpoints" / "test_replica_faults"
+    for replica in (0, 1):
+        manifest = folder / "test_h_quantized_and_empty" / f"replica-{replica}" / "step-1.json"
+        tensors, _ = load_checkpoint(manifest)
+        assert tensors["empty"].shape == (0, 5) and tensors["q"].dtype == torch.int8
 
 
 def test_a_skipped_test_keeps_its_baseline(faults_session):
@@ -721,3 +746,121 @@ def test_only_the_optimizer_indexing_differing_is_named_parameter_order(tmp_path
     assert "PYTHONHASHSEED" in verdict.diagnosis  # and the control says it is process state
     message = failure_message(verdict)
     assert "did different work" not in message and "parameter order differs" in message
+
+
+# ----------------------------------------------------------------------------- bad input to record
+
+
+class WithExtraState(torch.nn.Module):
+    def __init__(self, extra):
+        super().__init__()
+        self.linear = torch.nn.Linear(2, 2)
+        self.extra = extra
+
+    def get_extra_state(self):
+        return self.extra
+
+    def set_extra_state(self, state):
+        self.extra = state
+
+
+def lbfgs() -> torch.optim.LBFGS:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.LBFGS(model.parameters(), history_size=4)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = model(torch.ones(3, 2)).pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return optimizer
+
+
+def quantized_linear() -> torch.nn.Module:
+    model = torch.ao.nn.quantized.Linear(3, 2)  # its weight starts as uninitialised memory
+    weight = torch.quantize_per_tensor(torch.ones(2, 3), 0.5, 0, torch.qint8)
+    model.set_weight_bias(weight, torch.zeros(2))
+    return model
+
+
+def unusual_state() -> dict:
+    """Values record() refused or mangled before: all recorded now, with their keys."""
+    torch.manual_seed(0)
+    return {
+        "q": torch.quantize_per_tensor(torch.randn(4), 0.1, 3, torch.qint8),
+        "qc": torch.quantize_per_channel(
+            torch.randn(2, 3), torch.tensor([0.1, 0.2]), torch.tensor([0, 1]), 0, torch.qint8
+        ),
+        "empty": torch.empty(0, 5),
+        "f8": torch.linspace(-2, 2, 6).to(torch.float8_e4m3fn),
+        "model": WithExtraState({"count": torch.tensor(3)}),
+        "qmodel": quantized_linear(),
+        "optimizer": lbfgs(),
+    }
+
+
+def test_unusual_values_are_recorded_and_work_end_to_end(tmp_path):
+    from repro_check.orchestration.baseline import build_baseline, check_baseline
+
+    records = []
+    for replica in range(2):
+        recorder = Recorder(SpillWriter(tmp_path / f"u{replica}.bin", 2**20))
+        recorder.record(0, unusual_state())
+        records.append(recorder.close())
+    keys = set(records[0].steps[0].entries)
+    assert {"q", "q.q_scale", "q.q_zero_point", "qc.q_scales", "qc.q_axis", "empty"} <= keys
+    assert {"model._extra_state.count", "qmodel._packed_params.dtype"} <= keys
+    assert "optimizer.state.0.al.0" in keys  # LBFGS: filled entries kept, unset (None) left out
+    results = [ReplicaResult(NODEID, i, "passed", record=r) for i, r in enumerate(records)]
+    pipeline = VerdictPipeline(
+        SessionSettings(0),
+        default_specs(2, subprocess=True),
+        checkpoint_dir=tmp_path / "checkpoints",
+    )
+    assert pipeline.decide(Case(NODEID, NODEID), results).status == IDENTICAL
+    manifest = next((tmp_path / "checkpoints").rglob("step-0.json"))
+    tensors, _ = load_checkpoint(manifest)
+    assert tensors["empty"].shape == (0, 5) and tensors["q"].dtype == torch.int8
+    document = build_baseline(NODEID, 1, 0, records[0], {}, (1e-5, 1e-3))
+    assert check_baseline(document, records[1], {}, 1e-5, 1e-3, seed=1).status == "match"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (lambda: torch.empty(3, device="meta"), "'x' is a meta tensor"),
+        (
+            lambda: torch.nested.nested_tensor([torch.ones(2), torch.ones(3)]),
+            "'x' is a nested tensor (no single shape); record its components (x.unbind())",
+        ),
+        (lambda: torch.eye(2).to_sparse(), "'x' is a torch.sparse_coo tensor; record .to_dense()"),
+        (lambda: 2**70, "'metric.x' is the integer 1180591620717411303424, which does not fit"),
+        (
+            lambda: WithExtraState("v1"),
+            "cannot record 'x._extra_state' (what the module's get_extra_state() returned): "
+            "a builtins.str",
+        ),
+    ],
+    ids=["meta", "nested", "sparse", "int128", "extra-state"],
+)
+def test_values_that_cannot_be_compared_are_refused_naming_the_key(tmp_path, value, message):
+    made = value()
+    with pytest.raises((TypeError, ValueError)) as info:
+        Recorder(SpillWriter(tmp_path / "x.bin", 2**20)).record(0, {"x": made})
+    assert message in str(info.value)
+
+
+def test_steps_out_of_order_repeated_or_negative_are_refused_with_their_numbers():
+    for recorder in (Recorder(), None):  # compared runs, and plain pytest runs alike
+        context = RunContext(SeedPlan(0), recorder=recorder)
+        context.record(0, loss=1.0)
+        context.record(5, loss=1.0)
+        with pytest.raises(ValueError, match=r"step=5\) after step 5: each step is recorded once"):
+            context.record(5, loss=1.0)
+        with pytest.raises(ValueError, match=r"step=3\) after step 5: steps must increase"):
+            context.record(3, loss=1.0)
+        with pytest.raises(ValueError, match=r"step=-1\): steps must be >= 0"):
+            RunContext(SeedPlan(0), recorder=recorder).record(-1, loss=1.0)

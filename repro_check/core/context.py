@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from repro_check.core.leaves import check_step_order
 from repro_check.core.record import (
     MetricRecorder,
     Recorder,
@@ -73,6 +74,7 @@ class RunContext:
         #: Facts about this run worth reporting (e.g. which weight a bit-flip run nudged).
         self.run_info: dict[str, Any] = {}
         self._cleanups: list[Any] = []
+        self._last_step: int | None = None  # steps must increase (core.leaves)
         self._trace: tuple[int | None, int, str] | None = None
         self._tracer: Any = None
 
@@ -117,6 +119,9 @@ class RunContext:
     def record(self, step: int, **state: Any) -> None:
         """Record the state after one training step: modules, optimizers, schedulers, tensors,
         numbers (as ``metric.<name>``) and RNG states. Only fingerprints are kept."""
+        if isinstance(step, (int, np.integer)) and not isinstance(step, bool):
+            check_step_order(self._last_step, int(step))
+            self._last_step = int(step)
         if self.recorder is None:
             check_recordable(step, state)
             return

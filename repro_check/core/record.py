@@ -25,6 +25,7 @@ from repro_check.core.fingerprint import (
     fingerprint_scalar,
     frozen_constructor,
 )
+from repro_check.core.leaves import drop_unset, explain_unrecordable, plain_leaves
 from repro_check.core.spill import SpillRef, SpillWriter
 
 SCALAR_PREFIX = "metric."
@@ -187,8 +188,8 @@ def _flatten_optimizer(
         for key, item in per_param.items():
             if type(item) is torch.Tensor:  # the usual case, without the dispatch of _flatten
                 out.append((f"{name}.state.{index}.{key}", item))
-            else:
-                _flatten(out, f"{name}.state.{index}.{key}", item, False)
+            elif item is not None:  # LBFGS keeps what it has not filled yet as None
+                _flatten(out, f"{name}.state.{index}.{key}", drop_unset(item), False)
     for index, group in enumerate(state_dict["param_groups"]):
         _flatten_numbers(
             out, f"{name}.param_groups.{index}", {k: v for k, v in group.items() if k != "params"}
@@ -238,7 +239,7 @@ class Recorder:
         import torch
 
         _check_step(step)
-        leaves = flatten_leaves(state, live=True)
+        leaves = plain_leaves(flatten_leaves(state, live=True))
         keys = [key for key, _ in leaves]
         if len(set(keys)) != len(keys):
             _raise_duplicate(step, keys)
@@ -258,7 +259,13 @@ class Recorder:
                 tensors.append(as_tensor(leaf))
             else:
                 fingerprints[position], scalar_bytes[position] = scalar
-        batch = fingerprint_many(tensors)
+        try:
+            batch = fingerprint_many(tensors)
+        except (TypeError, ValueError, RuntimeError, NotImplementedError):
+            explained = explain_unrecordable([keys[p] for p in positions], tensors)
+            if explained is None:
+                raise
+            raise explained from None
         for position, fp in zip(positions, batch.fingerprints, strict=True):
             fingerprints[position] = fp
         self.run.bytes_fingerprinted += sum(batch.nbytes) + sum(

@@ -173,6 +173,8 @@ def read_spilled(ref: SpillRef, dtype: str, shape: tuple[int, ...]) -> torch.Ten
     """Read one spilled tensor back (a fresh CPU tensor)."""
     import torch
 
+    if ref.nbytes == 0:  # an empty tensor (torch.empty(0, 5)): nothing was written
+        return torch.empty(shape, dtype=getattr(torch, dtype))
     raw = np.fromfile(ref.path, dtype=np.uint8, count=ref.nbytes, offset=ref.offset)
     if raw.nbytes != ref.nbytes:
         raise OSError(f"spill file {ref.path} is truncated at offset {ref.offset}")

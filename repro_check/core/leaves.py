@@ -1,0 +1,135 @@
+"""What ``record()`` makes of values that are not plain tensors and numbers, and its checks.
+
+:func:`plain_leaves` runs on the flattened ``(key, value)`` pairs of one ``record`` call and
+hands the fingerprinting only strided tensors and numbers: a quantized tensor becomes its
+integer representation plus its scale and zero point (so a change in either shows), a
+``torch.dtype`` in a module's state its name, containers inside a module's state (e.g. what
+``get_extra_state`` returned) their leaves; anything else is refused with its key. Tensors that
+hold no plain bytes (meta, nested, sparse) are refused where fingerprinting fails
+(:func:`explain_unrecordable`), so the common case pays nothing for them. Steps must increase
+(:func:`check_step_order`): the replicas are compared step by step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+_NUMBER_TYPES: tuple[type, ...] = (bool, int, float, complex)
+
+
+def plain_leaves(leaves: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``leaves`` with every value a plain tensor or number (see the module docstring); the
+    list itself when nothing needed changing."""
+    import numpy as np
+    import torch
+
+    changed: list[tuple[str, Any]] | None = None
+    tensor, numbers = torch.Tensor, (*_NUMBER_TYPES, np.number, np.bool_)
+    for position, (key, leaf) in enumerate(leaves):
+        if isinstance(leaf, tensor):
+            if not leaf.is_quantized:  # the common case: nothing to do
+                if changed is not None:
+                    changed.append((key, leaf))
+                continue
+            expanded = _quantized(key, leaf)
+        elif isinstance(leaf, numbers):
+            if type(leaf) is int and not INT64_MIN <= leaf <= INT64_MAX:
+                raise ValueError(
+                    f"repro.record(): {key!r} is the integer {leaf}, which does not fit in 64 "
+                    f"bits; record it as a float, or split it into 64-bit parts"
+                )
+            expanded = None
+        else:
+            expanded = _other(key, leaf)
+        if expanded is not None and changed is None:
+            changed = leaves[:position]
+        if changed is not None:
+            changed += expanded if expanded is not None else [(key, leaf)]
+    return leaves if changed is None else changed
+
+
+def _quantized(key: str, tensor: Any) -> list[tuple[str, Any]]:
+    """The integer representation under ``key``, and what maps it to real values beside it."""
+    import torch
+
+    parts = [(key, tensor.int_repr())]
+    if tensor.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        parts += [
+            (f"{key}.q_scale", torch.tensor(tensor.q_scale(), dtype=torch.float64)),
+            (f"{key}.q_zero_point", torch.tensor(tensor.q_zero_point(), dtype=torch.int64)),
+        ]
+    else:
+        parts += [
+            (f"{key}.q_scales", tensor.q_per_channel_scales()),
+            (f"{key}.q_zero_points", tensor.q_per_channel_zero_points()),
+            (f"{key}.q_axis", torch.tensor(tensor.q_per_channel_axis(), dtype=torch.int64)),
+        ]
+    return parts
+
+
+def _other(key: str, leaf: Any) -> list[tuple[str, Any]]:
+    """A value from inside a module's state that is neither a tensor nor a number."""
+    import torch
+
+    from repro_check.core.record import ACCEPTED, flatten_state
+
+    if isinstance(leaf, torch.dtype):  # e.g. a quantized module's packed-parameter dtype
+        name = str(leaf).encode("ascii")
+        return [(key, torch.frombuffer(bytearray(name), dtype=torch.uint8))]
+    if isinstance(leaf, (Mapping, list, tuple)):
+        return plain_leaves(list(flatten_state(key, leaf, top_level=False)))
+    source = (
+        " (what the module's get_extra_state() returned)" if key.endswith("_extra_state") else ""
+    )
+    raise TypeError(
+        f"repro.record(): cannot record {key!r}{source}: a {type(leaf).__module__}."
+        f"{type(leaf).__qualname__}; record accepts {ACCEPTED}"
+    )
+
+
+def explain_unrecordable(keys: Sequence[str], tensors: Sequence[Any]) -> TypeError | None:
+    """Why fingerprinting one of ``tensors`` failed, naming its key (None: no tensor here is of
+    a kind that cannot be fingerprinted, so the failure is something else)."""
+    import torch
+
+    for key, tensor in zip(keys, tensors, strict=True):
+        if tensor.is_meta:
+            why = "a meta tensor: it has a shape but no values to compare"
+            fix = "record a tensor that holds data (build the model on a real device)"
+        elif tensor.is_nested:
+            why = "a nested tensor (no single shape)"
+            fix = f"record its components ({key.split('.')[-1]}.unbind()) or a padded copy"
+        elif tensor.layout is not torch.strided:
+            why = f"a {tensor.layout} tensor"
+            fix = "record .to_dense()"
+        else:
+            continue
+        return TypeError(f"repro.record(): {key!r} is {why}; {fix}")
+    return None
+
+
+def drop_unset(value: Any) -> Any:
+    """An optimizer's per-parameter state entry without the ``None`` placeholders some keep for
+    what they have not filled yet (LBFGS): list positions keep their indices as keys."""
+    if isinstance(value, (list, tuple)) and any(item is None for item in value):
+        return {str(i): item for i, item in enumerate(value) if item is not None}
+    return value
+
+
+def check_step_order(previous: int | None, step: int) -> None:
+    """Steps are recorded in increasing order, each once, from 0 up."""
+    if step < 0:
+        raise ValueError(f"repro.record(step={step}): steps must be >= 0")
+    if previous is None or step > previous:
+        return
+    if step == previous:
+        raise ValueError(
+            f"repro.record(step={step}) after step {previous}: each step is recorded once; "
+            f"pass every value of the step in one record() call"
+        )
+    raise ValueError(
+        f"repro.record(step={step}) after step {previous}: steps must increase (the replicas "
+        f"are compared step by step)"
+    )
