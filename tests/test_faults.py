@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -29,13 +30,14 @@ from repro_check.core.paths import HASH_MARK, UnsafePathError, id_to_name, insid
 from repro_check.core.record import Recorder, RunRecord
 from repro_check.core.seeding import SeedPlan, root_seed_for_test
 from repro_check.core.spill import SpillWriter
-from repro_check.orchestration.case import Case, SessionSettings
+from repro_check.orchestration.case import Case, MarkerError, SessionSettings, parse_marker
 from repro_check.orchestration.channel import ChannelWriter
 from repro_check.orchestration.checkpoints import save_last_step
 from repro_check.orchestration.executor import (
     EXIT_NO_SPACE,
     ReplicaPool,
     WorkerJob,
+    check_scheduler,
     summarize_output,
 )
 from repro_check.orchestration.investigation import parameter_order_differs
@@ -864,3 +866,49 @@ def test_steps_out_of_order_repeated_or_negative_are_refused_with_their_numbers(
             context.record(3, loss=1.0)
         with pytest.raises(ValueError, match=r"step=-1\): steps must be >= 0"):
             RunContext(SeedPlan(0), recorder=recorder).record(-1, loss=1.0)
+
+
+# ----------------------------------------------------------------------------- options
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_dask_scheduler_is_a_usage_error_before_any_work(tmp_path):
+    address = f"tcp://127.0.0.1:{closed_port()}"
+    with pytest.raises(ConnectionError, match="cannot reach the Dask scheduler"):
+        check_scheduler(address)
+    with pytest.raises(ConnectionError, match="expected HOST:PORT"):
+        check_scheduler("tcp://scheduler-without-port")
+    (tmp_path / "test_never.py").write_text("def test_never():\n    raise SystemExit(99)\n")
+    args = ["--repro-sensitivity", "--repro-executor=dask", f"--repro-dask-scheduler={address}"]
+    done = run_pytest(tmp_path, *args, "-p", "no:cacheprovider")
+    assert done.ret == pytest.ExitCode.USAGE_ERROR, done.output
+    assert f"--repro-dask-scheduler={address}: cannot reach the Dask scheduler" in done.output
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"timeout": -1}, "timeout must be >= 0"),
+        ({"timeout": "60"}, "timeout must be a number of seconds"),
+        ({"timeout": True}, "timeout must be a number of seconds"),
+        ({"timeout": float("nan")}, "timeout must be a number of seconds"),
+    ],
+)
+def test_a_bad_marker_timeout_names_the_test(kwargs, message):
+    with pytest.raises(MarkerError, match=message) as info:
+        parse_marker("t.py::test_x", (), kwargs)
+    assert "t.py::test_x" in str(info.value)
+    assert parse_marker("t.py::test_x", (), {"timeout": 90}).timeout == 90.0
+
+
+def test_time_limits_reach_the_worker_spec(tmp_path):
+    settings = WorkerSettings(tmp_path, tmp_path, 0, 0, timeout=30.0)
+    launcher = WorkerLauncher(settings, tmpdir=tmp_path / "w", timeouts={"b": 5.0, "c": 0.0})
+    job = launcher.job(["a", "b", "c"], ReplicaSpec(0), "limits")
+    spec = json.loads((job.channel.parent / "spec.json").read_text())
+    assert spec["timeouts"] == {"a": 30.0, "b": 5.0, "c": None}  # 0: no limit

@@ -354,6 +354,14 @@ def _last_seed(config: pytest.Config) -> int:
 
 def validate_sweep_options(config: pytest.Config) -> None:
     """Sweep options that would fail late (or silently do nothing) are refused up front."""
+    address = config.getoption("repro_dask_scheduler")
+    if address and config.getoption("repro_executor") == "dask":
+        from repro_check.orchestration.executor import check_scheduler
+
+        try:
+            check_scheduler(address)
+        except ConnectionError as exc:
+            raise pytest.UsageError(str(exc)) from None
     threads = config.getoption("repro_sweep_threads")
     if threads is not None and threads < 1:
         raise pytest.UsageError(f"--repro-sweep-threads={threads}: must be at least 1")
