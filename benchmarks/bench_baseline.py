@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.bench_fingerprint import best_of  # noqa: E402
 from benchmarks.bench_record import setups  # noqa: E402
 from repro_check.core.record import Recorder  # noqa: E402
 from repro_check.orchestration.baseline import (  # noqa: E402
@@ -44,15 +44,6 @@ def record_run(steps: int) -> object:
     return recorder.close()
 
 
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30)
@@ -70,9 +61,9 @@ def main() -> None:
     print(f"entries={entries}")
     print(f"baseline_bytes={len(text.encode())}")
     print(f"bytes_per_entry={len(text.encode()) / entries:.0f}")
-    print(f"write_ms={best(lambda: write_baseline(path, document), args.repeat) * 1e3:.1f}")
-    print(f"load_ms={best(lambda: load_baseline(path), args.repeat) * 1e3:.1f}")
-    bitwise = best(lambda: check_baseline(loaded, record, env_a, 1e-5, 1e-3), args.repeat)
+    print(f"write_ms={best_of(args.repeat, lambda: write_baseline(path, document)) * 1e3:.1f}")
+    print(f"load_ms={best_of(args.repeat, lambda: load_baseline(path)) * 1e3:.1f}")
+    bitwise = best_of(args.repeat, lambda: check_baseline(loaded, record, env_a, 1e-5, 1e-3))
     print(f"check_bitwise_ms={bitwise * 1e3:.1f}")
     # tolerance mode compares statistics only where digests differ: make every digest differ
     changed = document.copy()
@@ -83,7 +74,7 @@ def main() -> None:
         }
         for s in document["steps"]
     ]
-    tolerance = best(lambda: check_baseline(changed, record, env_b, 1e-5, 1e-3), args.repeat)
+    tolerance = best_of(args.repeat, lambda: check_baseline(changed, record, env_b, 1e-5, 1e-3))
     print(f"check_tolerance_every_entry_ms={tolerance * 1e3:.1f}")
     print(f"check_tolerance_us_per_entry={tolerance * 1e6 / entries:.0f}")
 
