@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from repro_check.core.atomic import StoredFileError
 
 # Imported lazily so that `repro-check --help` does not pay for torch.
-COMMAND_MODULES = ("env", "checkpoint", "sensitivity", "compare")
+COMMAND_MODULES = ("env", "checkpoint", "sensitivity", "runs", "compare")
 #: Exit codes of every command: 0 the inputs agree (or the action succeeded), 1 they differ,
 #: 2 bad input or an internal error (argparse's usage errors are 2 as well).
 EXIT_OK, EXIT_DIFFER, EXIT_BAD_INPUT = 0, 1, 2

@@ -24,6 +24,7 @@ LAYERS = [
     "commands",
     "cli",
     "reporting",
+    "catalog",
     "orchestration",
     "trace",
     "environment",

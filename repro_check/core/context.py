@@ -77,6 +77,9 @@ class RunContext:
         self._last_step: int | None = None  # steps must increase (core.leaves)
         self._trace: tuple[int | None, int, str] | None = None
         self._tracer: Any = None
+        #: This run's part in a resume check (core.resume_state.ResumeController); None: the
+        #: test's checkpoint() and restore() calls only check their arguments.
+        self.resume: Any = None
 
     @property
     def seed(self) -> int:
@@ -128,9 +131,41 @@ class RunContext:
         if self._trace is not None and self._tracer is not None and step == self._trace[1]:
             self._stop_trace()
         self.recorder.record(step, state)
+        if self.resume is not None:
+            self.resume.on_record(step)
         if self._trace is not None and step == self._trace[0]:
             modules = [v for v in state.values() if _is_module(v)]
             self._start_trace(modules[0] if modules else None)
+
+    def checkpoint(self, step: int, **state: Any) -> None:
+        """Hand the harness a full-state checkpoint after ``step``: what a resumed run needs
+        (model, optimizer, scheduler, ``rng=repro.rng_state()``, generators, the sampler position
+        in a dict). Under ``resume_at=k`` the harness saves it at step k (safetensors + manifest)
+        and resumes from it in a fresh process; otherwise nothing is saved."""
+        if self.resume is None:
+            check_recordable(step, {})  # the step's type; the state is only read when saved
+            return
+        self.resume.checkpoint(step, state)
+
+    def restore(self, **live: Any) -> int:
+        """The first step to run: 0, or ``k + 1`` in the run that resumes from the checkpoint of
+        step k -- then every object passed here that the checkpoint carries is restored in place
+        (dicts too), and the global RNGs when it carries them. ``for step in
+        range(repro.restore(model=m, optimizer=o, ...), repro.steps)``."""
+        return 0 if self.resume is None else self.resume.restore(live)
+
+    def record_data(self, name: str, data: Any) -> str:
+        """Declare the data this run reads -- a tensor, array, bytes, or a file or folder path --
+        by its content hash (a folder hashed like DVC: sorted relative paths + file hashes); the
+        run catalog keeps it as the run's data version. Returns the digest (``""`` without
+        ``--repro``, when nothing is kept and nothing is hashed)."""
+        if self.recorder is None:
+            return ""
+        from repro_check.core.datahash import data_version
+
+        version = data_version(data)
+        self.run_info.setdefault("data_versions", {})[str(name)] = version
+        return str(version["digest"])
 
     def trace_window(self, start_after: int | None, stop_at: int, path: str) -> None:
         """Trace every aten op between ``record(start_after)`` (None: from now) and

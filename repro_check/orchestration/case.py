@@ -16,7 +16,7 @@ from typing import Any
 from repro_check.orchestration.allowance import Allowance, AllowanceError, from_mapping
 
 DEFAULT_STEPS = 10
-MARKER_KEYWORDS = ("steps", "atol", "rtol", "allow", "timeout", "variants")
+MARKER_KEYWORDS = ("steps", "atol", "rtol", "allow", "timeout", "variants", "resume_at")
 
 
 class MarkerError(ValueError):
@@ -33,6 +33,20 @@ class MarkerSettings:
     timeout: float | None = None
     #: Backend variant names (orchestration.variants), validated and spelled canonically.
     variants: tuple[str, ...] = ()
+    #: Check resume equivalence from a checkpoint after this step (orchestration.resume).
+    resume_at: int | None = None
+
+
+def parse_resume_at(value: Any, where: str) -> int | None:
+    """``resume_at=k``: an integer step >= 0 (None: no resume check)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise MarkerError(
+            f"{where} got {value!r}; resume_at must be the integer step after which the run "
+            f"stops and resumes (>= 0, below the last recorded step)"
+        )
+    return value
 
 
 def parse_timeout(value: Any, where: str) -> float:
@@ -90,8 +104,16 @@ def parse_marker(
         else None
     )
     variants = _variant_names(kwargs.get("variants"), nodeid)
+    where = f"{nodeid}: @pytest.mark.repro(resume_at=...)"
+    resume_at = parse_resume_at(kwargs.get("resume_at"), where)
     return MarkerSettings(
-        steps, tolerances.get("atol"), tolerances.get("rtol"), allow, timeout, variants
+        steps,
+        tolerances.get("atol"),
+        tolerances.get("rtol"),
+        allow,
+        timeout,
+        variants,
+        resume_at=resume_at,
     )
 
 
@@ -122,6 +144,7 @@ class Case:
     atol: float = 0.0
     rtol: float = 0.0
     allowed: tuple[Allowance, ...] = ()
+    resume_at: int | None = None  # check resume equivalence after this step (None: do not)
 
 
 @dataclass(frozen=True)

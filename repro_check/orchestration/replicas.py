@@ -70,6 +70,9 @@ class RunSpec:
     trace: Mapping[str, Any] | None = None
     #: In-process backend settings for this run: {"threads": N} and/or {"deterministic": bool}.
     backend: Mapping[str, Any] | None = None
+    #: This run's part in a resume check: {"role": straight|stop|resume, "at": k, "path": ...}
+    #: (core.resume_state.ResumePlan); the resume run restores the checkpoint at ``path``.
+    resume: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -79,6 +82,7 @@ class RunSpec:
             "label": self.label,
             "trace": dict(self.trace) if self.trace else None,
             "backend": dict(self.backend) if self.backend else None,
+            "resume": dict(self.resume) if self.resume else None,
         }
 
     @classmethod
@@ -90,6 +94,7 @@ class RunSpec:
             data.get("label", ""),
             data.get("trace"),
             data.get("backend"),
+            data.get("resume"),
         )
 
 

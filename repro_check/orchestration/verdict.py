@@ -28,6 +28,7 @@ ALLOWED = "allowed"  # diverged only through an op the test declares as known no
 BASELINE_MISMATCH = "baseline-mismatch"
 BASELINE_MISSING = "baseline-missing"
 VARIANT_MISMATCH = "variant-mismatch"  # a backend variant disagrees beyond the float64 rule
+RESUME_MISMATCH = "resume-mismatch"  # a run resumed from a checkpoint differs, or cannot be checked
 FAILING = frozenset(
     {
         DIVERGED,
@@ -37,6 +38,7 @@ FAILING = frozenset(
         BASELINE_MISMATCH,
         BASELINE_MISSING,
         VARIANT_MISMATCH,
+        RESUME_MISMATCH,
     }
 )
 
@@ -128,6 +130,7 @@ class TestVerdict:
     baseline: BaselineOutcome | None = None
     localization: Localization | None = None  # the op (or line) to blame
     variants: Any = None  # orchestration.drift.VariantReport: the backend variants' drift
+    resume: Any = None  # orchestration.resume.ResumeVerdict: the resume-equivalence check
     #: The error is the replica's process (it died, hung, ran out of disk, did not collect
     #: the test), not an exception raised by the test.
     crashed: bool = False
@@ -141,6 +144,8 @@ class TestVerdict:
         check = self.baseline.check if self.baseline else None
         if self.status == BASELINE_MISMATCH and check is not None and check.step is not None:
             return f"vs baseline: step {check.step}: {check.key}"
+        if self.status == RESUME_MISMATCH and self.resume is not None:
+            return self.resume.headline()
         if comparison is None or comparison.identical:
             return ""
         if comparison.structural is not None:
@@ -178,6 +183,7 @@ class TestVerdict:
             "baseline": self.baseline.to_json() if self.baseline else {},
             "localization": self.localization.to_json() if self.localization else {},
             "variants": self.variants.to_json() if self.variants is not None else None,
+            "resume": self.resume.to_json() if self.resume is not None else None,
             "allowed_nondeterminism": {a.op: a.describe() for a in self.allowed},
         }
 

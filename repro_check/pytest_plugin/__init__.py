@@ -28,8 +28,9 @@ from repro_check.pytest_plugin.items import (
 from repro_check.pytest_plugin.options import Options, add_options
 
 MARKER_HELP = (
-    "repro(steps=10, atol=, rtol=, allow={op: why}): a training test whose recorded state must "
-    "be reproducible (run with --repro to replay it as replicas and compare them bitwise)"
+    "repro(steps=10, atol=, rtol=, allow={op: why}, resume_at=k): a training test whose "
+    "recorded state must be reproducible (run with --repro to replay it as replicas and compare "
+    "them bitwise; resume_at=k also checks a resume from a checkpoint after step k)"
 )
 
 
@@ -60,6 +61,14 @@ def pytest_configure(config: pytest.Config) -> None:
         from repro_check.pytest_plugin.seeded import PlainSession
 
         config.pluginmanager.register(PlainSession(options), "repro-plain")
+    sweep = bool(config.getoption("repro_sensitivity"))
+    recorded = (options.enabled or sweep) and not config.option.collectonly
+    if recorded and options.catalog is not None and not hasattr(config, "workerinput"):
+        from repro_check.pytest_plugin.catalog import CatalogRecorder
+
+        kind, owner = ("sweep", "repro-sensitivity") if sweep else ("session", "repro-session")
+        recorder = CatalogRecorder(config, options, kind, owner)
+        config.pluginmanager.register(recorder, "repro-catalog")
     if config.getoption("repro_audit"):
         from repro_check.pytest_plugin.audit import AuditPlugin
 

@@ -88,6 +88,7 @@ def case_for(item: pytest.Item, options: Options) -> Case:
         atol=marker.atol if marker.atol is not None else options.atol,
         rtol=marker.rtol if marker.rtol is not None else options.rtol,
         allowed=merge(ini_allowances(item.config), list(marker.allow)),
+        resume_at=options.resume_at if options.resume_at is not None else marker.resume_at,
     )
 
 

@@ -208,7 +208,25 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="SOURCE:K",
         help="run one run of a sweep (the command printed for each run)",
     )
+    group.addoption(
+        "--repro-resume-at",
+        type=int,
+        default=None,
+        metavar="K",
+        help="check every marked test resumes equivalently from a checkpoint after step K "
+        "(repro.checkpoint / repro.restore; as the marker's resume_at=K)",
+    )
+    group.addoption(
+        "--repro-catalog",
+        default=None,
+        metavar="PATH",
+        help="SQLite run catalog to record this session in (default REPORT_DIR/catalog.sqlite; "
+        "a shared path collects several projects' sessions; 'none' to skip; ini repro_catalog)",
+    )
     group.addoption("--repro-worker", default=None, help=argparse_suppress())
+    parser.addini(
+        "repro_catalog", "run catalog path (default REPORT_DIR/catalog.sqlite)", default=""
+    )
     parser.addini("repro_runs", "replicas per test under --repro", default="2")
     parser.addini("repro_seed", "base seed (N, last or random)", default=str(DEFAULT_BASE_SEED))
     parser.addini("repro_mode", "subprocess or inprocess", default="subprocess")
@@ -263,6 +281,10 @@ class Options:
     variant_runs: int = 2
     #: Seconds a replica may spend in one test (None: no limit).
     timeout: float | None = 1800.0
+    #: --repro-resume-at: a resume check after this step for every marked test.
+    resume_at: int | None = None
+    #: The run catalog to record the session in (None: none).
+    catalog: Path | None = None
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Options:
@@ -326,7 +348,30 @@ class Options:
             variant_runs=_positive_int(pick("variant_runs"), "--repro-variant-runs")
             if pick("variant_runs").strip()
             else runs,
+            resume_at=_resume_at(config.getoption("repro_resume_at")),
+            catalog=catalog_path(
+                pick("catalog"),
+                config.rootpath,
+                None if report.lower() == "none" else Path(config.rootpath, report),
+            ),
         )
+
+
+def _resume_at(value: int | None) -> int | None:
+    if value is not None and value < 0:
+        raise pytest.UsageError(f"--repro-resume-at={value}: must be a step >= 0")
+    return value
+
+
+def catalog_path(text: str, rootpath: Path, report_dir: Path | None) -> Path | None:
+    """The run catalog: ``--repro-catalog`` (relative to the rootdir, as the report folder),
+    else ``REPORT_DIR/catalog.sqlite``; None for 'none', or when there is no report folder."""
+    text = text.strip()
+    if text.lower() == "none":
+        return None
+    if text:
+        return Path(rootpath, text)
+    return report_dir / "catalog.sqlite" if report_dir is not None else None
 
 
 def _variants(text: str) -> tuple[str, ...]:

@@ -48,6 +48,10 @@ class SeededSession:
     def trace(self, item: pytest.Item) -> Any:
         return None
 
+    def resume_plan(self, item: pytest.Item) -> Any:
+        """This run's part in a resume check ({"role", "at", "path"}), or None."""
+        return None
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         if not is_repro_item(item):
@@ -68,6 +72,15 @@ class SeededSession:
         trace = self.trace(item)
         if trace:
             context.trace_window(trace["start_after"], trace["stop_at"], trace["path"])
+        resume = self.resume_plan(item)
+        if resume:
+            from repro_check.core.resume_state import ResumeController, ResumePlan
+
+            context.resume = ResumeController(
+                ResumePlan.from_json(resume),
+                context.run_info.setdefault("resume", {}),
+                {"test_id": item.nodeid, "seed": plan.root, "base_seed": self.base_seed},
+            )
 
 
 class PlainSession(SeededSession):

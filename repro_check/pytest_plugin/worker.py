@@ -109,6 +109,11 @@ class WorkerSession(SeededSession):
     def replica_index(self, item: pytest.Item) -> int:
         return self.spec.index
 
+    def resume_plan(self, item: pytest.Item) -> Any:
+        from repro_check.orchestration.resume import plan_for
+
+        return plan_for(item.stash[run_key].resume, item.nodeid)
+
     def make_recorder(self, item: pytest.Item) -> Any:
         inner = MetricRecorder() if self.metrics_only else Recorder(self.spill)
         return ProgressRecorder(inner, self.guard)
@@ -157,6 +162,8 @@ class WorkerSession(SeededSession):
                 restore()
             context = item.stash.get(context_key, None)
             outcome, error = outcome_of(reports)
+            if context and context.run_info.get("resume", {}).get("stopped"):
+                outcome, error = "passed", ""  # stopped after its checkpoint, as asked
             record = context.close() if context else None
             result = ReplicaResult(
                 item.nodeid,
