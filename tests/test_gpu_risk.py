@@ -246,6 +246,9 @@ def test_attention_backward_is_flagged_from_a_cpu_trace(dropout):
     (site,) = f.call_sites
     assert site.via == "backward" and site.module_path == "attn"
     assert site.source.split(":")[1].split()[0] == str(marker_line("ATTENTION"))
+    # a trace taken on CUDA shows the CUDA kernels themselves; its math path is deterministic
+    assert not [f for f in audit(tr, traced_on="cuda") if f.entry_id.startswith("sdpa")]
+    assert tr.traced_on == "cpu"
     # plain softmax backward (no attention) is not flagged
     with OpTracer() as tr:
         torch.randn(3, 4, requires_grad=True).softmax(-1).sum().backward()
@@ -278,6 +281,9 @@ def test_cuda_attention_kernels_and_their_warnings_are_in_the_table():
     )
     kernel = nondeterminism_alert(warning)
     assert kernel == "Memory Efficient attention"
+    # what torch 2.11 said on an H200 for the cuDNN kernel (docs/optrace.md)
+    cudnn = nondeterminism_alert("cuDNN Attention defaults to a non-deterministic algorithm.")
+    assert [e.id for e in ops.alert_entries(cudnn, table)] == ["sdpa-cudnn-attention-backward"]
     assert [e.id for e in ops.alert_entries(kernel, table)][0] == (
         "sdpa-efficient-attention-backward"
     )

@@ -59,7 +59,7 @@ class AuditPlugin:
                     pyfuncitem.obj(**arguments)
             finally:
                 torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
-        self.findings[pyfuncitem.nodeid] = audit(tracer.events)
+        self.findings[pyfuncitem.nodeid] = audit(tracer)
         self.alerts[pyfuncitem.nodeid] = sorted(
             {str(w.message).splitlines()[0] for w in caught if nondeterminism_alert(str(w.message))}
         )

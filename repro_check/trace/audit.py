@@ -241,6 +241,7 @@ def audit(
     *,
     device: str | None = "cuda",
     table: OpTable | None = None,
+    traced_on: str | None = None,
 ) -> list[RiskFinding]:
     """Risky ops of a trace on ``device`` ("cuda" default; "cpu"; ``None``: any), grouped by op.
 
@@ -248,15 +249,19 @@ def audit(
     finding lists the user lines that run the op, with counts. For backward kernels the line
     is the forward call behind them (``via="backward"``; the ``backward()`` line is kept in
     ``backward_source``); forward ops that ran with grad but whose backward was not traced are
-    reported with ``certainty="if-differentiated"``.
+    reported with ``certainty="if-differentiated"``. ``traced_on``: the device the trace was
+    taken on (a tracer knows: ``OpTracer.traced_on``); rows standing in for CUDA kernels in a
+    CPU trace (attention's CPU kernel and math path) apply only to CPU traces. Unknown (a
+    plain list of events): every row.
     """
+    traced_on = traced_on or getattr(events, "traced_on", None)
     events: Sequence[OpEvent] = getattr(events, "events", events)
     table = table or load_table()
     if torch_version is None:
         import torch
 
         torch_version = torch.__version__
-    entries = table.entries_for(device)
+    entries = table.entries_for(device, traced_on)
     by_op, by_fwd = _index(entries, forward=False), _index(entries, forward=True)
     version_notes: list[str] = []
     if not version_in_range(torch_version, table.valid_for):

@@ -109,6 +109,7 @@ class OpEntry:
     notes: str = ""
     doc_items: tuple[str, ...] = ()  # items of torch.use_deterministic_algorithms' docstring
     alerts: tuple[str, ...] = ()  # message fragments PyTorch emits for these kernels
+    traced_on: tuple[str, ...] = DEVICES  # devices whose traces show these ops for the risk
 
     def applies_to(self, event: OpEvent) -> bool:
         """Does this row's condition hold for ``event`` (its flags, overload, inputs)?"""
@@ -140,9 +141,15 @@ class OpTable:
                 index.setdefault(op, []).append(entry)
         object.__setattr__(self, "_by_op", index)
 
-    def entries_for(self, device: str | None) -> list[OpEntry]:
-        """Rows that apply on ``device`` ("cuda", "cpu"; ``None``: all)."""
-        return [e for e in self.entries if device is None or device in e.devices]
+    def entries_for(self, device: str | None, traced_on: str | None = None) -> list[OpEntry]:
+        """Rows that apply on ``device`` ("cuda", "cpu"; ``None``: all) to a trace taken on
+        ``traced_on`` (``None``: unknown, every row)."""
+        return [
+            e
+            for e in self.entries
+            if (device is None or device in e.devices)
+            and (traced_on is None or traced_on in e.traced_on)
+        ]
 
     def matching(self, event: OpEvent) -> list[OpEntry]:
         """Rows naming ``event``'s op (by qualified name or bare name) whose condition holds."""
@@ -241,6 +248,9 @@ def _entry(raw: Any, name: str, position: int) -> OpEntry:
         )
     doc_items = _strings(raw.get("doc_items", []), f"{where} doc_items")
     alerts = _strings(raw.get("alerts", []), f"{where} alerts")
+    traced_on = _strings(raw.get("traced_on", list(DEVICES)), f"{where} traced_on")
+    if not set(traced_on) <= set(DEVICES):
+        raise StoredFileError(f"{where}: traced_on {traced_on} not within {DEVICES}")
     if not doc_items and not alerts:
         raise StoredFileError(
             f"{where}: says neither which docstring items (doc_items) nor which PyTorch "
@@ -260,6 +270,7 @@ def _entry(raw: Any, name: str, position: int) -> OpEntry:
         notes=str(raw.get("notes", "")),
         doc_items=doc_items,
         alerts=alerts,
+        traced_on=traced_on,
     )
 
 

@@ -185,6 +185,15 @@ _WRAPPERS = (("_dynamo", "eval_frame.py", "_fn"), ("torch", "_compile.py", "inne
 _depth: list[int] = []  # frames from __torch_dispatch__ up to the op's caller, once known
 
 
+def _caller(depth: int) -> Any:
+    """The frame ``depth`` levels above the caller, or None: in the autograd engine's device
+    threads (CUDA backward) the stack ends right above the dispatch."""
+    try:
+        return sys._getframe(depth + 1)
+    except ValueError:
+        return None
+
+
 def _caller_depth(frame: Any) -> int:
     """torch wraps ``__torch_dispatch__`` (dynamo's disable), adding frames that are new on
     every call; the source locator starts above them, where consecutive ops share frames."""
@@ -239,6 +248,7 @@ class OpTracer(TorchDispatchMode):
         self._seq_to_event: dict[int, int] = {}  # autograd sequence nr -> forward event
         self._last_seq = -1
         self._interned: dict[Any, Any] = {}
+        self._devices: set[str] = set()
         self._locator = SourceLocator()
         self._locate = self._locator.locate
         self._fast = fast_dtypes()
@@ -321,6 +331,8 @@ class OpTracer(TorchDispatchMode):
         else:
             h, cls = content_hash(t)
             dtype = dtype_name(t.dtype)
+            if not t.is_cpu:  # every non-CPU tensor takes this path
+                self._devices.add(t.device.type)
         return h, dtype, self._shape(t), cls
 
     def _shape(self, t: torch.Tensor) -> tuple[int, ...]:
@@ -563,7 +575,7 @@ class OpTracer(TorchDispatchMode):
                 calls,
                 tuple(inputs),
                 outputs,
-                self._locate(sys._getframe(_depth[0] if _depth else self._find_depth())),
+                self._locate(_caller(_depth[0] if _depth else self._find_depth())),
                 module_path,
                 args_hash,
                 rng,
@@ -589,6 +601,12 @@ class OpTracer(TorchDispatchMode):
         return entry is not None and entry[1] is None and entry[0]() is t
 
     # -- conveniences ------------------------------------------------------------------------
+
+    @property
+    def traced_on(self) -> str:
+        """The device the traced run computed on: "cuda" when a CUDA tensor was seen, "cpu"
+        when only CPU tensors were (the audit's rows for CPU stand-ins depend on it)."""
+        return "cuda" if "cuda" in self._devices else "cpu"
 
     def forward_source(self, event: OpEvent) -> str:
         """Source line of the forward op behind a backward event (else the event's own)."""
