@@ -31,6 +31,7 @@ from repro_check.orchestration.verdict import (
     ALLOWED,
     DIVERGED,
     IDENTICAL,
+    RESUME_MISMATCH,
     SINGLE,
     STRUCTURAL,
     TestVerdict,
@@ -55,6 +56,9 @@ class VerdictPipeline:
     variants: VariantStage | None = None
     #: Report folder where each test's record is kept for ``repro-check compare`` (None: not).
     records_dir: Path | None = None
+    #: Runs the three runs of a resume check (straight, stop, resume) for a case with
+    #: ``resume_at`` (orchestration.resume); None: resume checks are not run.
+    resumer: Callable[[Case], Sequence[ReplicaResult]] | None = None
 
     def decide(
         self,
@@ -98,6 +102,13 @@ class VerdictPipeline:
             verdict.diagnosis = f"{found} {verdict.diagnosis}".strip()
         if verdict.status == DIVERGED and verdict.allowed:
             apply_allowance(verdict, case.atol)
+        passing = verdict.status in (IDENTICAL, SINGLE, ALLOWED)
+        if passing and case.resume_at is not None and self.resumer is not None:
+            from repro_check.orchestration.resume import judge_resume
+
+            verdict.resume = judge_resume(case.resume_at, *self.resumer(case))
+            if verdict.resume.failed:
+                verdict.status = RESUME_MISMATCH
         if verdict.status in (IDENTICAL, SINGLE, ALLOWED) and self.gate is not None:
             reference = verdict.reference
             assert reference is not None

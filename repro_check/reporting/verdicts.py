@@ -20,6 +20,7 @@ from repro_check.orchestration.verdict import (
     DIVERGED,
     ERROR,
     NOT_RECORDED,
+    RESUME_MISMATCH,
     STRUCTURAL,
     TestVerdict,
 )
@@ -73,6 +74,8 @@ def failure_message(verdict: TestVerdict) -> str:
         return "\n".join(lines)
     elif verdict.status == BASELINE_MISMATCH:
         lines.extend(_baseline_lines(head, verdict))
+    elif verdict.status == RESUME_MISMATCH and verdict.resume is not None:
+        lines.extend(verdict.resume.lines(head))
     elif verdict.comparison is not None and verdict.status in (DIVERGED, STRUCTURAL):
         reference = _replica_label(verdict, 0)
         other = _replica_label(verdict, verdict.other_replica)
