@@ -453,12 +453,7 @@ _K1, _K2 = 0x9E3779B97F4A7C15, 0xD6E8FEB86659FD93
 def mix64_oracle(t: torch.Tensor) -> str:
     """The mix64 digest by an independent route: numpy unsigned words, logical shifts."""
     data = oracle_bytes(t)
-    size = t.element_size()
-    if size in (8, 16):
-        words = np.frombuffer(data, dtype="<u8")
-    else:
-        signed = np.frombuffer(data, dtype={1: "<i1", 2: "<i2", 4: "<i4"}[size])
-        words = signed.astype(np.int64).view(np.uint64)
+    words = np.frombuffer(data + bytes(-len(data) % 8), dtype="<u8")
     with np.errstate(over="ignore"):
         z = words ^ (np.arange(1, len(words) + 1, dtype=np.uint64) * np.uint64(_K1))
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)

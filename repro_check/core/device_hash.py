@@ -1,9 +1,9 @@
 """The ``mix64`` digest: fingerprints of device tensors computed on the device.
 
 Recorded CUDA tensors are fingerprinted where they are, all the tensors of a record in one pass
-of torch ops, so that only digests and statistics cross to the host. Each element is widened
-to a 64-bit word ``w_i`` (16-byte elements give two), mixed with its index in its tensor, and
-the words of each tensor are summed mod 2**64::
+of torch ops, so that only digests and statistics cross to the host. A tensor's bytes,
+zero-padded to a multiple of 8, are read as little-endian 64-bit words ``w_i``; each word is
+mixed with its index in its tensor, and the words of each tensor are summed mod 2**64::
 
     digest = fmix64(sum_i splitmix64(w_i ^ K1 * (i + 1)) + K2 * nbytes  mod 2**64)
 
@@ -11,13 +11,18 @@ written ``mix64:<16 hex digits>``. A sum of integers is exact in any order, so t
 same however the device schedules the reduction, and a tensor larger than one pass is hashed in
 pieces whose sums add up. The same code runs on CPU tensors, which is how it is tested against
 an independent numpy reference.
+
+Cost: about a dozen elementwise passes of torch ops over the words (one fused kernel would read
+them once), plus a copy into one buffer for tensors that share a pass; constants that depend
+only on the layout of a record (word keys, segment bounds) stay on the device between records.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,7 +30,6 @@ from repro_check.core.tensor_stats import (
     NO_ELEMENTS,
     StatsRow,
     combine,
-    concatenated,
     has_stats,
     sample_indices,
     segment_accumulators,
@@ -37,7 +41,8 @@ if TYPE_CHECKING:
 
 DEVICE_ALGORITHM = "mix64"
 DEVICE_PREFIX = DEVICE_ALGORITHM + ":"
-#: Elements of one device pass: bounds its temporaries; larger tensors go in pieces.
+#: Elements of one device pass: bounds its temporaries; larger tensors go in pieces (a
+#: multiple of 8, so that every piece starts on a whole word).
 DEVICE_PASS = 2**25
 _MASK64 = 2**64 - 1
 
@@ -52,23 +57,30 @@ def _signed(x: int) -> int:
     return x - 2**64 if x >= 2**63 else x
 
 
-def _word_view(flat: torch.Tensor) -> torch.Tensor:
-    """A flat tensor's elements as int64 words: elements of 1, 2 or 4 bytes sign-extended from
-    their bits, 8-byte elements as they are, 16-byte ones as two words (little-endian)."""
+def _per_word(itemsize: int) -> int:
+    """Elements per 64-bit word (a 16-byte element spans two words: 0 marks that)."""
+    return 8 // itemsize if itemsize <= 8 else 0
+
+
+def _words_of(elements: int, itemsize: int) -> int:
+    """Words holding ``elements`` elements, zero-padded to a whole word."""
+    per = _per_word(itemsize)
+    return -(-elements // per) if per else elements * itemsize // 8
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros(count: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     import torch
 
-    size = flat.element_size()
-    if size in (8, 16):
-        return flat.view(torch.int64)
-    return flat.view({1: torch.int8, 2: torch.int16, 4: torch.int32}[size]).to(torch.int64)
+    return torch.zeros(count, dtype=dtype, device=device)
 
 
-def _mix_words(words: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """splitmix64(w_i ^ K1 * (i + 1)) for every word, in int64 arithmetic (wraps mod 2**64;
-    right shifts are made logical by masking)."""
+def _mix_words(words: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """splitmix64(w_i ^ key_i) for every word, in int64 arithmetic (wraps mod 2**64; right
+    shifts are made logical by masking)."""
     import torch
 
-    z = torch.bitwise_xor(words, (index + 1).mul_(_signed(_K1)))
+    z = torch.bitwise_xor(words, keys)
     shifted = torch.empty_like(z)
     for shift, multiplier in ((30, _M1), (27, _M2), (31, None)):
         torch.bitwise_right_shift(z, shift, out=shifted)
@@ -150,39 +162,41 @@ def _device_pass(
         by_dtype.setdefault(tensors[piece.tensor].dtype, []).append(piece)
     ordered: list[_Piece] = []
     words, word_lengths, word_offsets = [], [], []
-    values, value_lengths, value_pieces = [], [], []
+    values, value_lengths = [], []
+    value_owners: list[int | None] = []  # the tensor of each value segment; None: padding
     gather: list[int] = []
     sampled: list[tuple[int, int]] = []  # (tensor, how many of the gathered values are its)
     value_offset = 0
     for dtype, group in by_dtype.items():
         ordered += group
-        flat = concatenated([_piece_view(tensors[p.tensor], p) for p in group])
-        per_word = 2 if flat.element_size() == 16 else 1
-        words.append(_word_view(flat))
-        word_lengths += [(p.stop - p.start) * per_word for p in group]
-        word_offsets += [p.start * per_word for p in group]
+        itemsize = tensors[group[0].tensor].element_size()
+        flat, pads = _padded(tensors, group, dtype, device)
+        words.append(flat.view(torch.int64))
+        word_lengths += [_words_of(p.stop - p.start, itemsize) for p in group]
+        word_offsets += [_words_of(p.start, itemsize) for p in group]
         if not (stats and has_stats(dtype)):
             continue
         real = torch.view_as_real(flat).reshape(-1) if dtype.is_complex else flat
         values.append(real.to(torch.float64))
         per_element = 2 if dtype.is_complex else 1
-        for p in group:
+        for p, pad in zip(group, pads, strict=True):
             lo, hi = p.start * per_element, p.stop * per_element
             numel = tensors[p.tensor].numel() * per_element
             picked = [value_offset + j - lo for j in sample_indices(numel) if lo <= j < hi]
             gather += picked
             sampled.append((p.tensor, len(picked)))
-            if hi > lo:
-                value_lengths.append(hi - lo)
-                value_pieces.append(p.tensor)
-            value_offset += hi - lo
-    parts = [_segment_word_sums(torch.cat(words), word_lengths, word_offsets, device)]
+            for length, owner in ((hi - lo, p.tensor), (pad * per_element, None)):
+                if length:
+                    value_lengths.append(length)
+                    value_owners.append(owner)
+                    value_offset += length
+    all_words = words[0] if len(words) == 1 else torch.cat(words)
+    parts = [_segment_word_sums(all_words, tuple(word_lengths), tuple(word_offsets))]
     if value_lengths:  # some floating elements (empty tensors have no stats to gather)
-        flat_values = torch.cat(values)
+        flat_values = values[0] if len(values) == 1 else torch.cat(values)
         accumulators = segment_accumulators(flat_values, tuple(value_lengths))
         parts.append(accumulators.reshape(-1).view(torch.int64))
-        index = torch.tensor(gather, dtype=torch.long, device=device)
-        parts.append(flat_values[index].view(torch.int64))
+        parts.append(flat_values[_on_device(tuple(gather), device)].view(torch.int64))
     # The one transfer of the pass, as int64 so that every bit crosses unchanged.
     host = torch.cat(parts).cpu().numpy()
     count = len(word_lengths)
@@ -192,8 +206,9 @@ def _device_pass(
         return
     floats = host[count:].view(np.float64)
     rows = floats[: 8 * len(value_lengths)].reshape(-1, 8).tolist()
-    for tensor, row in zip(value_pieces, rows, strict=True):
-        accs[tensor] = combine(accs[tensor], row)
+    for owner, row in zip(value_owners, rows, strict=True):
+        if owner is not None:
+            accs[owner] = combine(accs[owner], row)
     picked_values = floats[8 * len(value_lengths) :].tolist()
     position = 0
     for tensor, taken in sampled:
@@ -201,32 +216,81 @@ def _device_pass(
         position += taken
 
 
+def _padded(
+    tensors: Sequence[torch.Tensor], group: list[_Piece], dtype: torch.dtype, device: torch.device
+) -> tuple[torch.Tensor, list[int]]:
+    """One flat buffer of the pieces' elements, each piece zero-padded to whole words, and the
+    padding of each. A single piece already whole words is used in place, without a copy."""
+    import torch
+
+    per = _per_word(tensors[group[0].tensor].element_size())
+    parts, pads = [], []
+    for p in group:
+        view = _piece_view(tensors[p.tensor], p)
+        pad = (-(p.stop - p.start)) % per if per else 0
+        parts.append(view)
+        pads.append(pad)
+        if pad:
+            parts.append(_zeros(pad, dtype, device))
+    only = parts[0]
+    if len(parts) == 1 and only.is_contiguous() and only.storage_offset() % max(per, 1) == 0:
+        return only, pads
+    return torch.cat(parts), pads
+
+
 def _piece_view(tensor: torch.Tensor, piece: _Piece) -> torch.Tensor:
-    flat = tensor.detach().reshape(-1)
+    flat = tensor.detach().resolve_conj().resolve_neg().reshape(-1)
     if piece.start == 0 and piece.stop == flat.numel():
         return flat
     return flat[piece.start : piece.stop]
 
 
+@functools.lru_cache(maxsize=32)
+def _on_device(values: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """A constant int64 tensor on the device, made once per record layout (the layout of a
+    training run's records rarely changes; each copy to a device costs a synchronisation)."""
+    import torch
+
+    return torch.tensor(values, dtype=torch.long, device=device)
+
+
+#: Word keys K1 * (i + 1) are kept on the device for layouts up to this many words.
+_CACHED_KEYS = 2**20
+
+
+def _word_keys(lengths: tuple[int, ...], offsets: tuple[int, ...], device: torch.device) -> Any:
+    """K1 * (i + 1) for every word, i its index in its tensor."""
+    import torch
+
+    total = sum(lengths)
+    starts = [0]
+    for n in lengths[:-1]:
+        starts.append(starts[-1] + n)
+    shift = _on_device(tuple(s - o - 1 for s, o in zip(starts, offsets, strict=True)), device)
+    index = torch.arange(total, dtype=torch.long, device=device)
+    index -= torch.repeat_interleave(shift, _on_device(lengths, device), output_size=total)
+    return index.mul_(_signed(_K1))
+
+
+_cached_word_keys = functools.lru_cache(maxsize=8)(_word_keys)
+
+
 def _segment_word_sums(
-    words: torch.Tensor, lengths: list[int], offsets: list[int], device: torch.device
+    words: torch.Tensor, lengths: tuple[int, ...], offsets: tuple[int, ...]
 ) -> torch.Tensor:
     """Sum (mod 2**64) of the mixed words of each segment; word i of a segment is mixed with
     its index in its tensor (``offsets`` says where in its tensor a segment starts)."""
     import torch
 
-    total = words.numel()
-    starts, position = [], 0
-    for n in lengths:
-        starts.append(position)
-        position += n
-    bounds = torch.tensor([*starts, total], dtype=torch.long, device=device)
-    shift = torch.tensor(
-        [s - o for s, o in zip(starts, offsets, strict=True)], dtype=torch.long, device=device
+    device = words.device
+    # Large passes: not worth the device memory of keeping their keys.
+    keys = (_cached_word_keys if words.numel() <= _CACHED_KEYS else _word_keys)(
+        lengths, offsets, device
     )
-    repeats = torch.tensor(lengths, dtype=torch.long, device=device)
-    index = torch.arange(total, dtype=torch.long, device=device)
-    index -= torch.repeat_interleave(shift, repeats, output_size=total)
-    mixed = _mix_words(words, index)
-    running = torch.cat([torch.zeros(1, dtype=torch.long, device=device), mixed.cumsum(0)])
-    return running[bounds[1:]] - running[bounds[:-1]]
+    mixed = _mix_words(words, keys)
+    running = torch.cat([_zeros(1, torch.long, device), mixed.cumsum(0)])
+    bounds = [0]
+    for n in lengths:
+        bounds.append(bounds[-1] + n)
+    ends, starts = _on_device(tuple(bounds[1:]), device), _on_device(tuple(bounds[:-1]), device)
+    return running[ends] - running[starts]

@@ -208,12 +208,21 @@ def _segmented(data: torch.Tensor, reduce: str, lengths: tuple[int, ...]) -> tor
 
     sizes, per_segment = _blocks(lengths, 1024)
     rows = data.shape[0]
-    first = torch.tensor(sizes, device=data.device).expand(rows, -1).contiguous()
-    partial = torch.segment_reduce(data, reduce, lengths=first, axis=1)
+    # unsafe: the lengths add up by construction, and checking them costs a device sync
+    first = _row_lengths(tuple(sizes), rows, data.device)
+    partial = torch.segment_reduce(data, reduce, lengths=first, axis=1, unsafe=True)
     if len(sizes) == len(lengths):
         return partial
-    second = torch.tensor(per_segment, device=data.device).expand(rows, -1).contiguous()
-    return torch.segment_reduce(partial, reduce, lengths=second, axis=1)
+    second = _row_lengths(tuple(per_segment), rows, data.device)
+    return torch.segment_reduce(partial, reduce, lengths=second, axis=1, unsafe=True)
+
+
+@functools.lru_cache(maxsize=32)
+def _row_lengths(lengths: tuple[int, ...], rows: int, device: torch.device) -> torch.Tensor:
+    """Segment lengths for every row, on the device: made once per record layout."""
+    import torch
+
+    return torch.tensor(lengths, device=device).expand(rows, -1).contiguous()
 
 
 def segment_accumulators(values: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
