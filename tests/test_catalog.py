@@ -599,3 +599,23 @@ def _running_row(path: Path) -> bool:
             )
     except sqlite3.Error:
         return False
+
+
+def test_a_comparison_is_recorded_in_the_catalog_of_its_first_report_folder(tmp_path):
+    import argparse
+
+    from repro_check.commands.runs import record_compare
+
+    args = argparse.Namespace(
+        a=tmp_path, b=tmp_path / "b", test=[], atol=1e-6, rtol=None, catalog=None
+    )
+    record_compare(args, {"t::a": True}, 0)  # A has no catalog: nothing is written
+    assert not (tmp_path / "catalog.sqlite").exists()
+    catalog_at(tmp_path).close()
+    record_compare(args, {"t::a": True, "t::b": False}, 1)
+    with catalog_at(tmp_path) as catalog:
+        (run,) = catalog.runs()
+        run = catalog.get(run.id)
+    assert (run.kind, run.outcome, run.exit_code) == ("compare", "failed", 1)
+    assert run.argv == ["compare", str(tmp_path), str(tmp_path / "b"), "--atol=1e-06"]
+    assert [(t.nodeid, t.status) for t in run.tests] == [("t::a", "agree"), ("t::b", "differ")]

@@ -206,6 +206,8 @@ def verify_command(run: RunRow, catalog: Path, report_dir: Path) -> list[str]:
     """The recorded command, pinned to the recorded base seed, writing its report to a
     temporary folder and its run into the same catalog; ``--repro-update`` dropped."""
     python = run.python if run.python and Path(run.python).exists() else sys.executable
+    if run.kind == "compare":
+        return [python, "-m", "repro_check.cli", *run.argv, f"--catalog={catalog.resolve()}"]
     argv = [a for a in run.argv if a not in NOT_REPEATED]
     pins = [f"--repro-report={report_dir}", f"--repro-catalog={catalog.resolve()}"]
     if run.base_seed is not None:
@@ -222,8 +224,8 @@ def _verify(args: argparse.Namespace) -> int:
         run = catalog.get(args.id)
     if run.state == "running":
         return _error(f"run {run.id} is still running; verify it once it has finished")
-    if run.kind == "compare" or not run.argv:
-        return _error(f"run {run.id} ({run.kind}) has no pytest command to re-run")
+    if not run.argv:
+        return _error(f"run {run.id} ({run.kind}) has no command to re-run")
     if not Path(run.cwd).is_dir():
         return _error(f"run {run.id} ran in {run.cwd}, which no longer exists")
     new_id = new_run_id()
@@ -312,3 +314,45 @@ run_diff = _guarded(_diff)
 run_verify = _guarded(_verify)
 run_gc = _guarded(_gc)
 run_check = _guarded(_check)
+
+
+def record_compare(args: argparse.Namespace, results: dict[str, bool], exit_code: int) -> None:
+    """Record a ``repro-check compare A B`` as a run of kind ``compare`` (its tests: ``agree``
+    or ``differ``) in ``--catalog``, ``$REPRO_CHECK_CATALOG`` or A's report folder's catalog;
+    nowhere when none is given and A has none. Never changes the comparison's outcome."""
+    from repro_check.catalog import RunEnd, RunStart, TestEntry
+
+    explicit = getattr(args, "catalog", None) or os.environ.get(CATALOG_ENV)
+    found = Path(args.a) / "catalog.sqlite"
+    path = Path(explicit) if explicit else found if found.is_file() else None
+    if path is None:
+        return
+    argv = ["compare", str(args.a), str(args.b), *(f"--test={t}" for t in args.test)]
+    argv += [f"--{n}={v}" for n in ("atol", "rtol") if (v := getattr(args, n)) is not None]
+    tests = [TestEntry(n, "agree" if ok else "differ") for n, ok in sorted(results.items())]
+    failed = sum(not ok for ok in results.values())
+    try:
+        with Catalog(path) as catalog:
+            run_id = catalog.start_run(
+                RunStart(
+                    "compare",
+                    argv,
+                    os.getcwd(),
+                    sys.executable,
+                    options={"a": str(Path(args.a).resolve()), "b": str(Path(args.b).resolve())},
+                    verifies=os.environ.get(VERIFIES_ENV) or None,
+                ),
+                os.environ.get(RUN_ID_ENV) or None,
+            )
+            catalog.finish_run(
+                run_id,
+                RunEnd(
+                    outcome="passed" if exit_code == 0 else "failed",
+                    exit_code=exit_code,
+                    tests=tests,
+                    summary={"tests": len(tests), "failed": failed},
+                ),
+            )
+        print(f"run {run_id} recorded in {path}", file=sys.stderr)
+    except (CatalogError, OSError) as exc:
+        print(f"repro-check: the comparison was not recorded in {path}: {exc}", file=sys.stderr)

@@ -63,7 +63,7 @@ class CatalogRecorder:
             cwd=str(params.dir),
             python=sys.executable,
             base_seed=self.options.base_seed,
-            options=_options(self.options),
+            options=_options(self.options, self.config if self.kind == "sweep" else None),
             report_dir=str(self.options.report_dir) if self.options.report_dir else None,
             verifies=os.environ.get(VERIFIES_ENV) or None,
         )
@@ -117,6 +117,8 @@ class CatalogRecorder:
             tests, data = sweep_entries(getattr(owner, "rows", []))
             report_files = list(getattr(getattr(owner, "report", None), "paths", []))
             report_files = [p for p in report_files if p.suffix in (".json", ".csv", ".md")]
+            store = getattr(getattr(owner, "store", None), "path", None)
+            report_files += [Path(store)] if store else []  # the rows: the sweep's own record
             tables: dict[str, Any] = {}
         else:
             verdicts = [v.json for v in getattr(getattr(owner, "report", None), "verdicts", [])]
@@ -127,7 +129,9 @@ class CatalogRecorder:
         artifacts = []
         for path in report_files:
             if Path(path).is_file():
-                kind = "environment" if Path(path).name == "environment.json" else "report"
+                kind = {"environment.json": "environment", "runs.jsonl": "sweep-runs"}.get(
+                    Path(path).name, "report"
+                )
                 artifacts.append(archive_file(Path(path), folder, kind))
         if tables:
             artifacts.append(write_digests(folder, tables))
@@ -162,11 +166,18 @@ def _snapshot(report_files: list[Path], config: pytest.Config) -> dict[str, Any]
     return environment.capture(repo_dir=str(config.rootpath))
 
 
-def _options(options: Options) -> dict[str, Any]:
-    return {
+SWEEP_OPTIONS = ("seeds", "sources", "crossed", "crossed_seeds", "sweep_threads", "only_run")
+
+
+def _options(options: Options, sweep: pytest.Config | None = None) -> dict[str, Any]:
+    """The session's options as recorded; a sweep's own (K, sources, ...) too."""
+    recorded = {
         f.name: str(v) if isinstance(v := getattr(options, f.name), Path) else v
         for f in dataclasses.fields(options)
     }
+    for name in SWEEP_OPTIONS if sweep is not None else ():
+        recorded[f"sweep_{name}"] = sweep.getoption(f"repro_{name}")
+    return recorded
 
 
 def _is_default(path: Path, config: pytest.Config) -> bool:
