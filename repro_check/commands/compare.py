@@ -56,6 +56,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--rtol", type=float, default=None, help="tolerance when no float64 record is present"
     )
+    parser.add_argument(
+        "--catalog",
+        default=None,
+        metavar="PATH",
+        help="record the comparison in this run catalog (default $REPRO_CHECK_CATALOG, else A's "
+        "report folder's catalog.sqlite when it has one)",
+    )
     parser.set_defaults(func=run)
     return parser
 
@@ -83,11 +90,13 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     first_a = next((r for _, r, _ in pairs if r is not None and r.environment), None)
     first_b = next((r for _, _, r in pairs if r is not None and r.environment), None)
     _environment(out, first_a, first_b, args.a, args.b)
-    agree = True
-    for nodeid, run_a, run_b in pairs:
-        agree = _compare_test(out, nodeid, run_a, run_b, args) and agree
+    results = {nodeid: _compare_test(out, nodeid, a, b, args) for nodeid, a, b in pairs}
+    agree = all(results.values())
     verdict = "agree" if agree else "do not agree"
     print(f"\nA and B {verdict} ({len(pairs)} test(s) compared)", file=out)
+    from repro_check.commands.runs import record_compare
+
+    record_compare(args, results, EXIT_AGREE if agree else EXIT_DIFFER)
     return EXIT_AGREE if agree else EXIT_DIFFER
 
 
