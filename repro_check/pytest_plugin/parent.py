@@ -31,6 +31,7 @@ from repro_check.orchestration.launcher import WorkerLauncher, WorkerSettings
 from repro_check.orchestration.replay import VerdictPipeline
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, default_specs
 from repro_check.orchestration.verdict import SKIPPED
+from repro_check.pytest_plugin.catalog import noting_reference
 from repro_check.pytest_plugin.items import (
     ReproFailure,
     case_for,
@@ -41,6 +42,7 @@ from repro_check.pytest_plugin.items import (
     started_key,
 )
 from repro_check.pytest_plugin.options import CACHE_KEY, Options
+from repro_check.pytest_plugin.resume import SessionResumes
 from repro_check.pytest_plugin.seeded import SeededSession, maybe_deterministic
 from repro_check.pytest_plugin.variants import (
     extra_jobs,
@@ -139,6 +141,7 @@ class ParentSession(SeededSession):
             if options.baseline != "off"
             else None
         )
+        self.resumes = SessionResumes(self.launcher, self.specs[0], options)
         self.pipeline = VerdictPipeline(
             session_settings(config, options),
             self.specs,
@@ -150,9 +153,12 @@ class ParentSession(SeededSession):
             if options.save_checkpoints and options.report_dir is not None
             else None,
             snapshot=runtime_snapshot,
+            resumer=self.resumes.results,
             records_dir=options.report_dir,  # each test's record, for repro-check compare
         )
         self.report = SessionReport()
+        #: Per test: replica 0's per-key record digests (the run catalog's archive).
+        self.key_tables: dict[str, Any] = {}
         self.pool: ReplicaPool | None = None
         #: In-process mode: replica 0's result, and the first replica that differs from it.
         self._inprocess_results: dict[str, list[ReplicaResult]] = {}
@@ -187,6 +193,7 @@ class ParentSession(SeededSession):
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self._known.update(item.nodeid for item in session.items)
+        self.resumes.plan(session)
         self.launcher.timeouts = replica_timeouts(session.items)
         if not session.config.option.collectonly:
             self._plan_variants(session.items)
@@ -297,6 +304,7 @@ class ParentSession(SeededSession):
             record=context.close() if context else None,
             sources_used=sorted(context.sources_used) if context else [],
             environment=runtime_snapshot() if index == 0 else {},
+            run_info=context.run_info if context else {},
         )
 
     @pytest.hookimpl(wrapper=True)
@@ -327,8 +335,14 @@ class ParentSession(SeededSession):
     def _judge(
         self, item: pytest.Item, results: Iterable[ReplicaResult], variant_results: Any = None
     ) -> None:
+        facts: dict[str, Any] = {}  # replica 0's record digests and data versions (catalog)
+        results = noting_reference(results, facts)
         verdict = self.pipeline.decide(case_for(item, self.options), results, variant_results)
-        self.report.verdicts.append(render(verdict))
+        rendered = render(verdict)
+        if "key_table" in facts:
+            self.key_tables[item.nodeid] = facts.pop("key_table")
+        rendered.json.update(facts)
+        self.report.verdicts.append(rendered)
         item.user_properties.append(("repro_verdict", verdict.status))
         item.user_properties.append(("repro_seed", str(verdict.seed)))
         if verdict.first_divergence():
@@ -371,6 +385,7 @@ class ParentSession(SeededSession):
             used = self.gate.used if self.gate else set()
             workeroutput["repro_baselines_used"] = sorted(map(str, used))
             workeroutput["repro_collected"] = sorted(self._known)
+            workeroutput["repro_key_tables"] = self.key_tables
             return
         if self.report.verdicts:
             write_step_summary(self.report.verdicts)
@@ -389,6 +404,7 @@ class ParentSession(SeededSession):
         if self.gate is not None:
             self.gate.used.update(Path(p) for p in output.get("repro_baselines_used", []))
         self._known.update(output.get("repro_collected", []))
+        self.key_tables.update(output.get("repro_key_tables", {}))
 
     def _unused_baselines(self) -> list[Path]:
         """Like syrupy's unused snapshots -- only when whole files were collected unfiltered."""
@@ -421,6 +437,7 @@ class ParentSession(SeededSession):
 
     def pytest_unconfigure(self) -> None:
         self._guards.close()
+        self.resumes.close()
         if self.pool is not None:
             self.pool.close()
         self._restore_determinism()
