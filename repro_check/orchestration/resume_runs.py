@@ -60,7 +60,8 @@ class ResumeBatch:
         """A run's result (kept: a pool hands each result out once)."""
         key = (part, nodeid, role)
         if key not in self._got:
-            self._got[key] = self._pools[part].result(nodeid, f"resume-{role}", self.on_wait)
+            on_wait = self.on_wait or getattr(self.launcher, "on_wait", None)  # progress
+            self._got[key] = self._pools[part].result(nodeid, f"resume-{role}", on_wait)
         return self._got[key]
 
     def results(self, nodeid: str) -> list[ReplicaResult]:
