@@ -40,8 +40,9 @@ class TensorStats:
 
     A complex tensor is summarised through its real view: real and imaginary parts count as
     separate elements. ``min``, ``max``, ``mean`` and ``norm`` (L2) are over the finite
-    elements; with none, ``min``/``max``/``mean`` are NaN and ``norm`` is 0.0. ``norm`` is inf
-    only when the float64 sum of squares overflows (values beyond ~1e154). ``nan``, ``posinf``
+    elements; with none, ``min``/``max``/``mean`` are NaN and ``norm`` is 0.0. ``mean`` and
+    ``norm`` are inf only where the float64 sum (of squares) overflows: float64 values beyond
+    ~1e154. ``nan``, ``posinf``
     and ``neginf`` count the non-finite elements. ``sample`` holds the values (NaN and inf
     included) at ``sample_index``, flat indices into the real view that depend on the number
     of elements alone (:func:`sample_indices`): every element up to :data:`SAMPLE_SIZE`, else
