@@ -22,6 +22,11 @@ from repro_check.orchestration.verdict import (
     TestVerdict,
 )
 
+#: What a test without a baseline does (``repro_missing_baseline``): ``fail`` (the default,
+#: so that a deleted baseline cannot pass in CI), ``create`` it and pass (new tests only; existing
+#: baselines are still checked), or ``warn`` and pass unchecked.
+MISSING_POLICIES = ("fail", "create", "warn")
+
 
 @dataclass
 class BaselineGate:
@@ -29,6 +34,7 @@ class BaselineGate:
     invocation_dir: Path
     baseline_dir: str = ""
     update: bool = False
+    missing: str = "fail"  # one of MISSING_POLICIES
     #: --repro-steps chose the step count: a shorter run is checked on the steps it has.
     steps_overridden: bool = False
     #: Every baseline file a test of this session used (for the "unused baseline" notice).
@@ -49,7 +55,9 @@ class BaselineGate:
         path = self.path_for(case.nodeid)
         self.used.add(path)
         shown = os.path.relpath(path, self.invocation_dir)
-        if self.update:
+        verdict.agreement = verdict.status
+        absent = not path.exists()
+        if self.update or (absent and self.missing == "create"):
             if unchanged(path, reference.record, snapshot, verdict.seed):
                 verdict.baseline = BaselineOutcome(shown, "unchanged")
                 return
@@ -67,9 +75,12 @@ class BaselineGate:
                 verdict.status = BASELINE_MISMATCH
                 verdict.baseline = BaselineOutcome(shown, "unwritable", error=str(exc))
                 return
-            verdict.baseline = BaselineOutcome(shown, "written")
+            verdict.baseline = BaselineOutcome(shown, "written" if self.update else "created")
             return
-        if not path.exists():
+        if absent and self.missing == "warn":
+            verdict.baseline = BaselineOutcome(shown, "unchecked")
+            return
+        if absent:
             verdict.status = BASELINE_MISSING
             verdict.baseline = BaselineOutcome(shown, "missing")
             return

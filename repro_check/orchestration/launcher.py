@@ -110,6 +110,8 @@ class WorkerLauncher:
     #: Per-test time limits where a marker sets one (else ``settings.timeout``).
     timeouts: dict[str, float | None] = field(default_factory=dict)
     _uninstall: Callable[[], None] | None = field(default=None, repr=False)
+    #: Called while a rerun waits for its processes (the front end's progress display).
+    on_wait: Callable[[], None] | None = None
 
     def command(self, nodeids: Sequence[str], spec_path: Path) -> list[str]:
         s = self.settings
@@ -283,7 +285,7 @@ class WorkerLauncher:
         pool = ReplicaPool(jobs, ThreadPoolExecutor(max_workers=workers), relaunch=self.relaunch)
         pool.start()
         try:
-            return [pool.result(nodeid, spec.index) for spec in specs]
+            return [pool.result(nodeid, spec.index, self.on_wait) for spec in specs]
         finally:
             pool.close()
 

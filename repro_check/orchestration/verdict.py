@@ -131,6 +131,9 @@ class TestVerdict:
     localization: Localization | None = None  # the op (or line) to blame
     variants: Any = None  # orchestration.drift.VariantReport: the backend variants' drift
     resume: Any = None  # orchestration.resume.ResumeVerdict: the resume-equivalence check
+    #: What the replicas' comparison said (identical, allowed, single-run) before the baseline
+    #: stage set ``status``: a missing or differing baseline is not a verdict on the replicas.
+    agreement: str = ""
     #: The error is the replica's process (it died, hung, ran out of disk, did not collect
     #: the test), not an exception raised by the test.
     crashed: bool = False
@@ -178,6 +181,8 @@ class TestVerdict:
             "diagnosis": self.diagnosis,
             "nonfinite": self.nonfinite,
             "rerun_command": self.rerun_command,
+            "accept_command": self.accept_command,
+            "agreement": self.agreement or self.status,
             "crashed": self.crashed,
             "notes": self.notes,
             "baseline": self.baseline.to_json() if self.baseline else {},
