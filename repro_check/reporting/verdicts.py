@@ -6,6 +6,7 @@ it grew, and the exact command that reruns the case.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -15,15 +16,22 @@ from tabulate import tabulate
 from repro_check.core.compare import Divergence
 from repro_check.orchestration.investigation import PARAMETER_ORDER
 from repro_check.orchestration.verdict import (
+    ALLOWED,
     BASELINE_MISMATCH,
     BASELINE_MISSING,
     DIVERGED,
     ERROR,
     NOT_RECORDED,
     RESUME_MISMATCH,
+    SINGLE,
     STRUCTURAL,
     TestVerdict,
 )
+
+
+def plural(count: int, noun: str, plural_form: str | None = None) -> str:
+    """``1 test``, ``2 tests``."""
+    return f"{count} {noun if count == 1 else plural_form or noun + 's'}"
 
 
 def human_bytes(n: float) -> str:
@@ -52,9 +60,10 @@ def failure_message(verdict: TestVerdict) -> str:
         lines.append(_indent(verdict.error.rstrip() or "(no error text)", "  | "))
     elif verdict.status == ERROR:
         lines.append(
-            f"{head}: {_replica_label(verdict, verdict.other_replica)} raised an error "
-            f"(this is a failure of the test itself, not nondeterminism):"
+            f"{head}: {_replica_label(verdict, verdict.other_replica)} raised an error: "
+            f"{error_headline(verdict.error, limit=200)}"
         )
+        lines.append("  (a failure of the test itself, not nondeterminism):")
         from repro_check.core.determinism import explain_deterministic_error
 
         explained = explain_deterministic_error(verdict.error)
@@ -68,10 +77,7 @@ def failure_message(verdict: TestVerdict) -> str:
             f"optimizer=opt, loss=loss) in the training loop."
         )
     elif verdict.status == BASELINE_MISSING:
-        lines.append(f"{head}: no baseline at {verdict.baseline.path if verdict.baseline else '?'}")
-        lines.append("  the replicas agree; create the baseline (and commit it):")
-        lines.append("    " + verdict.accept_command)
-        return "\n".join(lines)
+        return "\n".join(_missing_baseline_lines(head, verdict))
     elif verdict.status == BASELINE_MISMATCH:
         lines.extend(_baseline_lines(head, verdict))
     elif verdict.status == RESUME_MISMATCH and verdict.resume is not None:
@@ -102,9 +108,9 @@ def failure_message(verdict: TestVerdict) -> str:
     if loc is not None:
         where = f", traced step {loc.step}" if loc.step is not None else ""
         lines.append(f"  localisation ({loc.kind}{where}):")
-        lines.append(_indent(loc.message.rstrip(), "    "))
-        if loc.note:
+        if loc.note:  # it qualifies the finding ("the op named below ..."): read it first
             lines.append("    note: " + loc.note)
+        lines.append(_indent(loc.message.rstrip(), "    "))
     if verdict.diagnosis:
         lines.append("  diagnosis: " + verdict.diagnosis)
     for note in verdict.notes:
@@ -131,7 +137,7 @@ def _baseline_lines(head: str, verdict: TestVerdict) -> list[str]:
     }.get(check.status, f"{head} no longer matches its baseline")
     lines = [
         title,
-        f"  baseline: {b.path} (created {b.created}); the replicas agree with each other",
+        f"  baseline: {b.path} (created {b.created}); {agreement_phrase(verdict)}",
         f"  comparison: {check.mode} -- {check.reason}",
     ]
     differences = check.env_differences or []
@@ -149,6 +155,41 @@ def _baseline_lines(head: str, verdict: TestVerdict) -> list[str]:
             "the data changed the numbers"
         )
     return lines
+
+
+def agreement_phrase(verdict: TestVerdict) -> str:
+    """What the replicas' comparison said, whatever the baseline stage decided after it."""
+    agreement = verdict.agreement or verdict.status
+    if agreement == ALLOWED:
+        ops = ", ".join(a.op for a in verdict.allowed)
+        return (
+            f"the replicas differ, but only through allowed nondeterminism ({ops}) and within "
+            f"its tolerance"
+        )
+    if agreement == SINGLE:
+        return "one replica only (--repro-runs=1): no replicas were compared"
+    return "the replicas agree with each other"
+
+
+def _missing_baseline_lines(head: str, verdict: TestVerdict) -> list[str]:
+    """The first ``--repro`` run of a new test: the replicas' verdict, then the missing baseline
+    as a separate fact, and the one command that creates it (the message's last line)."""
+    path = verdict.baseline.path if verdict.baseline else "?"
+    agreement = verdict.agreement or verdict.status
+    kind = {ALLOWED: "allowed nondeterminism", SINGLE: "not compared"}.get(
+        agreement, "reproducible"
+    )
+    return [
+        f"{head}: no baseline at {path}",
+        f"  replicas: {kind} -- {agreement_phrase(verdict)} "
+        f"({plural(len(verdict.specs), 'replica')}, {plural(verdict.steps, 'step')}, "
+        f"{plural(verdict.keys, 'key')})",
+        "  baseline: missing -- is this the test's first --repro run? A missing baseline fails",
+        "    the test, so that a deleted one cannot pass in CI (ini repro_missing_baseline =",
+        "    create writes missing baselines and passes; warn only warns)",
+        f"  create the baseline, then commit it (git add {path}):",
+        "    " + verdict.accept_command,
+    ]
 
 
 def _indent(text: str, prefix: str) -> str:
@@ -173,13 +214,15 @@ def _divergence_lines(d: Divergence) -> list[str]:
     if others:
         shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4 else "")
         lines.append(
-            f"    also differing at step {d.step}: {len(others)} of {d.keys_total - 1} other keys "
-            f"({shown})"
+            f"    also differing at step {d.step}: {len(others)} of "
+            f"{plural(d.keys_total - 1, 'other key')} ({shown})"
         )
-    else:
+    elif d.keys_total > 2:
         lines.append(
             f"    every other key ({d.keys_total - 1}) is still bitwise equal at step {d.step}"
         )
+    elif d.keys_total == 2:
+        lines.append(f"    the other key is still bitwise equal at step {d.step}")
     if d.growth:
         lines.append("  how the divergence grows:")
         metric_names = list(d.growth[0].metrics)
@@ -222,8 +265,55 @@ def baseline_cell(v: TestVerdict) -> str:
     if b is None:
         return "-"
     if b.check is not None:
-        return f"{b.check.status} ({b.check.mode})"
-    return b.action
+        return b.check.cell()
+    return {"unchecked": "missing (warned)", "created": "created (commit it)"}.get(
+        b.action, b.action
+    )
+
+
+_PYTEST_ERROR_LINE = re.compile(r"^E {3,}(.*)$")
+_EXCEPTION_LINE = re.compile(
+    r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure|Warning))\b"
+)
+
+
+def error_headline(error: str, limit: int = 80) -> str:
+    """The exception line of a replica's error text (``ValueError: bad shape``), not the first
+    line of pytest's traceback (which is often a fixture's repr).
+
+    Replica errors are ``[when] <pytest long repr>``: the exception is the first line of the
+    last block of ``E   `` lines. In-process errors are Python tracebacks (last exception
+    line); a crashed replica's text starts with what happened to its process.
+    """
+    text = error.strip()
+    if not text:
+        return "-"
+    when = ""
+    match = re.match(r"^\[(setup|call|teardown)\] ", text)
+    if match:
+        when, text = match.group(1), text[match.end() :]
+    lines = text.splitlines()
+    blocks: list[list[str]] = []
+    previous_was_error = False
+    for line in lines:
+        found = _PYTEST_ERROR_LINE.match(line)
+        if found and not previous_was_error:
+            blocks.append([])
+        if found:
+            blocks[-1].append(found.group(1).strip())
+        previous_was_error = bool(found)
+    if blocks:
+        headline = next((line for line in blocks[-1] if line), blocks[-1][0])
+    elif lines[0].startswith("Traceback"):
+        headline = next(
+            (line for line in reversed(lines) if _EXCEPTION_LINE.match(line)), lines[-1]
+        )
+    else:
+        headline = lines[0]
+    if when and when != "call":
+        headline = f"in {when}: {headline}"
+    headline = headline.strip()
+    return headline if len(headline) <= limit else headline[: limit - 3] + "..."
 
 
 @dataclass
@@ -244,11 +334,12 @@ class RenderedVerdict:
 
 
 def summary_row(v: TestVerdict) -> list[Any]:
-    status = v.status
+    status = v.agreement or v.status  # the baseline's state has a column of its own
     if v.nonfinite and not v.failed:
         status += " (NaN/inf)"
-    detail = v.first_divergence() or ("-" if not v.error else v.error.splitlines()[0][:60])
+    detail = v.first_divergence() or error_headline(v.error)
     if v.variants is not None and v.variants.failed:  # the replicas agree; a variant does not
+        status = "variant-mismatch" if v.status == "variant-mismatch" else status
         bad = v.variants.failing()[0]
         detail = detail if detail != "-" else f"variant {bad.name}: {bad.status}"
     return [
