@@ -12,6 +12,7 @@ import pytest
 
 from repro_check.core.seeding import DEFAULT_BASE_SEED
 from repro_check.orchestration.baseline import DEFAULT_ATOL, DEFAULT_RTOL
+from repro_check.orchestration.gate import MISSING_POLICIES
 
 CACHE_KEY = "repro/base_seed"
 UNLIMITED_SPILL = 2**62  # checkpoints need every tensor of the last step
@@ -107,6 +108,14 @@ def add_options(parser: pytest.Parser) -> None:
         metavar="DIR",
         help="keep baselines under DIR (relative to the rootdir) instead of "
         "repro_baselines/ beside each test file",
+    )
+    group.addoption(
+        "--repro-missing-baseline",
+        choices=MISSING_POLICIES,
+        default=None,
+        help="a test without a baseline: fail (default; CI then catches a deleted baseline), "
+        "create it and pass (existing baselines are still checked), or warn and pass "
+        "(ini repro_missing_baseline)",
     )
     group.addoption(
         "--repro-atol",
@@ -249,6 +258,11 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini(
         "repro_baseline_dir", "folder for baselines (default: beside the tests)", default=""
     )
+    parser.addini(
+        "repro_missing_baseline",
+        "a test without a baseline: fail, create or warn",
+        default=MISSING_POLICIES[0],
+    )
     parser.addini("repro_atol", "absolute tolerance across environments", default=str(DEFAULT_ATOL))
     parser.addini("repro_rtol", "relative tolerance across environments", default=str(DEFAULT_RTOL))
 
@@ -274,6 +288,7 @@ class Options:
     deterministic: bool = False
     baseline: str = "check"
     baseline_dir: str = ""
+    missing_baseline: str = MISSING_POLICIES[0]
     atol: float = DEFAULT_ATOL
     rtol: float = DEFAULT_RTOL
     #: Backend variants for every marked test (canonical names; the marker may add more).
@@ -341,6 +356,9 @@ class Options:
             deterministic=bool(config.getoption("repro_deterministic")),
             baseline=_choice(pick("baseline"), ("check", "off"), "repro_baseline"),
             baseline_dir=pick("baseline_dir"),
+            missing_baseline=_choice(
+                pick("missing_baseline").strip(), MISSING_POLICIES, "repro_missing_baseline"
+            ),
             timeout=_non_negative_float(pick("timeout"), "--repro-timeout") or None,
             atol=_non_negative_float(pick("atol"), "repro_atol"),
             rtol=_non_negative_float(pick("rtol"), "repro_rtol"),

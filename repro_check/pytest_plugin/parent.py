@@ -11,7 +11,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, nullcontext
 from functools import partial
 from pathlib import Path
@@ -27,6 +27,7 @@ from repro_check.orchestration.drift import VariantStage
 from repro_check.orchestration.executor import ReplicaPool
 from repro_check.orchestration.gate import BaselineGate
 from repro_check.orchestration.guards import on_interpreter_exit
+from repro_check.orchestration.investigation import LOCALIZE_ATTEMPTS, TraceWindow
 from repro_check.orchestration.launcher import WorkerLauncher, WorkerSettings
 from repro_check.orchestration.replay import VerdictPipeline
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, default_specs
@@ -56,7 +57,20 @@ from repro_check.pytest_plugin.worker import (
     runtime_snapshot,
     runtime_summary,
 )
-from repro_check.reporting.terminal import SessionReport, summary_lines, write_step_summary
+from repro_check.reporting.progress import (
+    REPLICA_DELAY_S,
+    LiveProgress,
+    Progress,
+    policy_for,
+    rerun_note,
+)
+from repro_check.reporting.terminal import (
+    SessionReport,
+    checkpoint_lines,
+    plural,
+    summary_lines,
+    write_step_summary,
+)
 from repro_check.reporting.verdicts import RenderedVerdict, failure_message, render
 
 
@@ -78,6 +92,36 @@ def worker_settings(config: pytest.Config, options: Options) -> WorkerSettings:
         load_plugin=config.pluginmanager.get_plugin("repro") is None
         or bool(os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")),
     )
+
+
+def live_progress(
+    item: pytest.Item,
+    label: str,
+    total: int,
+    unit: str,
+    *,
+    delays: Mapping[str, float] = REPLICA_DELAY_S,
+    done: int = 0,
+    estimate: bool = True,
+) -> LiveProgress:
+    """Progress of long work inside ``item``, through the terminal reporter (never in an xdist
+    worker, whose output nobody sees)."""
+    config = item.config
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if hasattr(config, "workerinput"):
+        reporter = None
+    verbosity = config.option.verbose
+    policy = policy_for(bool(getattr(reporter, "isatty", False)), verbosity, delays)
+
+    def resume() -> None:
+        # pytest writes the outcome letter on the current line: give it "path/test_x.py " back
+        # (with -v it starts a fresh line, with the test's name, by itself)
+        if reporter is not None and verbosity <= 0:
+            reporter.write_fspath_result(item.nodeid, "")
+
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    progress = Progress(label, total, unit, policy, done=done, estimate=estimate)
+    return LiveProgress(progress, reporter, capture, resume)
 
 
 def session_settings(config: pytest.Config, options: Options) -> SessionSettings:
@@ -136,6 +180,7 @@ class ParentSession(SeededSession):
                 config.invocation_params.dir,
                 options.baseline_dir,
                 update=options.update,
+                missing=options.missing_baseline,
                 steps_overridden=config.getoption("repro_steps") is not None,
             )
             if options.baseline != "off"
@@ -145,7 +190,7 @@ class ParentSession(SeededSession):
         self.pipeline = VerdictPipeline(
             session_settings(config, options),
             self.specs,
-            rerunner=self.launcher.rerun,
+            rerunner=self._rerun,
             gate=self.gate,
             localize_mode=options.localize,
             subprocess=self.subprocess,
@@ -160,6 +205,8 @@ class ParentSession(SeededSession):
         #: Per test: replica 0's per-key record digests (the run catalog's archive).
         self.key_tables: dict[str, Any] = {}
         self.pool: ReplicaPool | None = None
+        self._live: LiveProgress | None = None  # progress of the test being judged
+        self.launcher.on_wait = self._tick
         #: In-process mode: replica 0's result, and the first replica that differs from it.
         self._inprocess_results: dict[str, list[ReplicaResult]] = {}
         self._spills: dict[int, SpillWriter] = {}
@@ -178,7 +225,7 @@ class ParentSession(SeededSession):
         mode = "; deterministic algorithms on" if self.options.deterministic else ""
         lines = [
             f"repro-check: base seed {self.base_seed} (rerun with --repro-seed={self.base_seed}); "
-            f"{self.options.runs} replicas per test in {how}{mode}"
+            f"{plural(self.options.runs, 'replica')} per test in {how}{mode}"
         ]
         if not self.subprocess:
             lines.append(
@@ -228,16 +275,46 @@ class ParentSession(SeededSession):
                 id_to_name(pyfuncitem.nodeid),
                 extra=extra_jobs(plan, only=pyfuncitem.nodeid),
             )
+        self._live = live_progress(
+            pyfuncitem, f"repro {pyfuncitem.nodeid}", len(self.specs), "replicas", estimate=False
+        )
         try:
             self._judge(
                 pyfuncitem,
-                (pool.result(pyfuncitem.nodeid, s.index) for s in self.specs),
+                self._results(pool, pyfuncitem.nodeid, self._live),
                 results_of(pool, pyfuncitem.nodeid),
             )
         finally:
+            self._live.finish()
+            self._live = None
             if own_pool:
                 pool.close()
         return True
+
+    def _results(
+        self, pool: ReplicaPool, nodeid: str, live: LiveProgress
+    ) -> Iterator[ReplicaResult]:
+        for spec in self.specs:
+            result = pool.result(nodeid, spec.index, live.tick)
+            live.advance(failed=int(result.outcome in ("failed", "crashed")))
+            yield result
+
+    # --- progress of long work
+    def _tick(self) -> None:
+        if self._live is not None:
+            self._live.tick()
+
+    def _rerun(
+        self,
+        nodeid: str,
+        originals: Sequence[ReplicaSpec],
+        window: TraceWindow | None,
+        attempt: int,
+    ) -> list[ReplicaResult]:
+        """The investigation's rerunner, saying what it reruns (tracing takes a while)."""
+        if self._live is not None:
+            self._live.note(rerun_note(originals, window, attempt, LOCALIZE_ATTEMPTS))
+        return self.launcher.rerun(nodeid, originals, window, attempt)
 
     # --- in-process replicas
     def replica_index(self, item: pytest.Item) -> int:
@@ -370,6 +447,11 @@ class ParentSession(SeededSession):
                 yellow=True,
             )
         self.report.footer(terminalreporter)
+        if self.options.save_checkpoints and self.options.report_dir is not None:
+            nodeids = [v.json["nodeid"] for v in self.report.verdicts]
+            folder = self.options.report_dir / "checkpoints"
+            for line in checkpoint_lines(folder, nodeids, self.config.invocation_params.dir):
+                terminalreporter.write_line(line)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:

@@ -35,10 +35,11 @@ from repro_check.orchestration.sweep import (
 )
 from repro_check.pytest_plugin.items import ReproFailure, is_repro_item, target_of
 from repro_check.pytest_plugin.options import Options
-from repro_check.pytest_plugin.parent import worker_settings
+from repro_check.pytest_plugin.parent import live_progress, worker_settings
 from repro_check.pytest_plugin.seeded import SeededSession
 from repro_check.pytest_plugin.worker import runtime_summary
-from repro_check.reporting.terminal import SessionReport, write_environment
+from repro_check.reporting.progress import SWEEP_DELAY_S
+from repro_check.reporting.terminal import SessionReport, plural, write_environment
 
 
 class SensitivityFailure(ReproFailure):
@@ -83,7 +84,7 @@ class SensitivitySession(SeededSession):
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         return [
-            f"repro-check sensitivity: base seed {self.base_seed}; {self.k} runs x "
+            f"repro-check sensitivity: base seed {self.base_seed}; {plural(self.k, 'run')} x "
             f"{', '.join(dict.fromkeys([*self.sources, 'all']))}; {self.jobs} at once; "
             f"results in {self.store.path}"
         ]
@@ -169,13 +170,21 @@ class SensitivitySession(SeededSession):
         assert self.pool is not None
         root = root_seed_for_test(self.base_seed, pyfuncitem.nodeid)
         failures = []
+        live = live_progress(
+            pyfuncitem,
+            f"repro sweep {pyfuncitem.nodeid}",
+            len(self.runs),
+            "runs",
+            delays=SWEEP_DELAY_S,
+            done=sum((pyfuncitem.nodeid, run.run_id) in self._done for run in self.runs),
+        )
         for run in self.runs:
             done = self._done.get((pyfuncitem.nodeid, run.run_id))
             if done is not None:
                 self.resumed += 1
                 row = done
             else:
-                result = self.pool.result(pyfuncitem.nodeid, run.run_id)
+                result = self.pool.result(pyfuncitem.nodeid, run.run_id, live.tick)
                 row = result_row(
                     result,
                     base_seed=self.base_seed,
@@ -186,6 +195,9 @@ class SensitivitySession(SeededSession):
             self.rows.append(row)
             if row["status"] == "failed":
                 failures.append(row)
+            if done is None:
+                live.advance(failed=int(row["status"] == "failed"))
+        live.finish()
         if failures:
             first = failures[0]
             raise SensitivityFailure(
@@ -225,7 +237,7 @@ class SensitivitySession(SeededSession):
         failed = sum(r["status"] == "failed" for r in self.rows)
         nan = sum(r["status"] == "nan" for r in self.rows)
         terminalreporter.write_line(
-            f"{len(self.rows)} runs ({self.resumed} resumed from {self.store.path}), "
+            f"{plural(len(self.rows), 'run')} ({self.resumed} resumed from {self.store.path}), "
             f"{failed} failed, {nan} with NaN metrics; base seed {self.base_seed}"
         )
         plots = sum(p.suffix == ".png" for p in self.report.paths)
