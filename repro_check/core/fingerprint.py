@@ -267,9 +267,10 @@ class FingerprintBatch:
 
         self.tensors = list(tensors)
         self.fingerprints: list[Fingerprint] = [None] * len(self.tensors)  # type: ignore[list-item]
-        #: Host bytes known so far, and whether they are the tensor's own memory (then they
-        #: must be written before the tensor changes) rather than a private copy.
-        self._bytes: list[np.ndarray | None] = [None] * len(self.tensors)
+        #: Where each tensor's host bytes start, when known: (a buffer, an offset into it); and
+        #: whether they are the tensor's own memory (then they must be written before the
+        #: tensor changes) rather than a private copy. Sliced only when asked for.
+        self._bytes: list[tuple[np.ndarray, int] | None] = [None] * len(self.tensors)
         self._aliased: list[bool] = [False] * len(self.tensors)
         strided = torch.strided
         self.nbytes = [
@@ -290,9 +291,13 @@ class FingerprintBatch:
             raw = host.view(torch.uint8).numpy()
             offset = 0
             for i in group:
-                self._bytes[i] = raw[offset : offset + self.nbytes[i]]
+                self._bytes[i] = (raw, offset)
                 offset += self.nbytes[i]
-        return [(self._bytes[i], self._aliased[i]) for i in indices]  # type: ignore[misc]
+        out = []
+        for i in indices:
+            raw, offset = self._bytes[i]  # type: ignore[misc]
+            out.append((raw[offset : offset + self.nbytes[i]], self._aliased[i]))
+        return out
 
 
 def fingerprint_many(
@@ -381,7 +386,7 @@ def _fingerprint_host_group(
     offset = 0
     for i, tensor, n, row in zip(group, members, nbytes, stats, strict=True):
         end = offset + n
-        slices[i] = raw[offset:end]
+        slices[i] = (raw, offset)
         nan = inf = 0
         if row is not None and (row[NAN] or row[POSINF] or row[NEGINF]):
             nan, inf = _nonfinite(tensor, row)  # rare: only then a call
@@ -409,7 +414,7 @@ def _fingerprint_alone(batch: FingerprintBatch, i: int, count_nonfinite: bool) -
     its statistics computed beside the hash when it is large enough for that to pay."""
     tensor = batch.tensors[i]
     data, aliased = _host_bytes(tensor)
-    batch._bytes[i], batch._aliased[i] = data, aliased
+    batch._bytes[i], batch._aliased[i] = (data, 0), aliased
     stats = None
     if count_nonfinite and has_stats(tensor.dtype):
         real = real_flat(tensor if tensor.is_cpu else tensor.cpu())

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 #: Elements kept in :attr:`TensorStats.sample`.
 SAMPLE_SIZE = 8
-#: Elements converted to float64 at a time for the statistics of a large tensor.
-STATS_CHUNK = 2**18
+#: Elements converted to float64 at a time for the statistics of a large tensor (below torch's
+#: parallel grain size: see large_stats).
+STATS_CHUNK = 2**15
 
 
 def _same(x: Any) -> Any:
@@ -321,12 +322,16 @@ def _slow_accumulators(values: np.ndarray) -> list[float]:
 
 def large_stats(real: torch.Tensor) -> StatsRow:
     """Stats of one large flat floating tensor (CPU), converted to float64 a chunk at a time so
-    that no full-size temporary is made; chunks holding NaN or inf take a masked pass."""
+    that no full-size temporary is made; chunks holding NaN or inf take a masked pass.
+
+    Single-threaded on purpose: this runs beside the hash on a background thread, where a
+    parallel region (torch's OpenMP above its grain size, a multi-threaded BLAS dot) would
+    compete with the training's own threads; on a loaded machine such spin-waiting teams were
+    measured 50x slower. Chunks stay under torch's parallel grain size (32768 elements)."""
     import torch
 
     numel = real.numel()
     buffer = np.empty(min(numel, STATS_CHUNK))
-    ones = _ones(len(buffer))
     staging = torch.from_numpy(buffer)
     acc = list(NO_ELEMENTS)
     for start in range(0, numel, STATS_CHUNK):
@@ -334,9 +339,9 @@ def large_stats(real: torch.Tensor) -> StatsRow:
         n = chunk.numel()
         staging[:n].copy_(chunk)
         values = buffer[:n]
-        total = float(np.dot(values, ones[:n]))
+        total = float(values.sum())
         if math.isfinite(total):
-            squares = float(np.dot(values, values))
+            squares = float(np.einsum("i,i->", values, values))  # numpy's own loop, not BLAS
             part = [total, squares, float(values.min()), float(values.max()), n, 0, 0, 0]
         else:
             part = _slow_accumulators(values)
@@ -344,11 +349,6 @@ def large_stats(real: torch.Tensor) -> StatsRow:
     index = sample_indices(numel)
     sample = real[torch.tensor(index)].to(torch.float64).tolist()
     return stats_from(acc, tuple(sample), numel)
-
-
-@functools.lru_cache(maxsize=4)
-def _ones(size: int) -> np.ndarray:
-    return np.ones(size)
 
 
 def real_flat(t: torch.Tensor) -> torch.Tensor:
