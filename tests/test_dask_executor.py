@@ -67,3 +67,83 @@ def test_dask_local_cluster_gives_the_same_runs_as_local_processes(tmp_path):
     assert [r["metrics"] for r in on_dask] == [r["metrics"] for r in local]
     # And the perturbation really changed something between runs of one source.
     assert on_dask[2]["metrics"] != on_dask[3]["metrics"]
+
+
+# ------------------------------------------------- replicas and variants on a Dask cluster
+
+VARIANT_TEST = SWEEP_TEST.replace("steps=3", "steps=3, variants=['threads=1']")
+
+
+def test_a_gpu_variant_goes_to_the_worker_with_a_gpu_resource(tmp_path):
+    import os
+
+    from distributed import Client, Scheduler, SpecCluster, Worker
+
+    from repro_check.orchestration.cluster import ResourceExecutor, has_gpu_workers
+    from repro_check.orchestration.executor import WorkerJob
+    from repro_check.orchestration.replicas import ReplicaSpec
+
+    worker = {"cls": Worker, "options": {"nthreads": 1}}
+    gpu = {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}}
+    scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+    with SpecCluster(scheduler=scheduler, workers={"cpu": worker}) as cpu_only:
+        with Client(cpu_only) as client:
+            assert not has_gpu_workers(client)
+
+    def job(name: str, settings: dict) -> WorkerJob:
+        return WorkerJob(
+            ReplicaSpec(0, settings=settings),
+            [sys.executable, "-c", "pass"],
+            dict(os.environ),
+            str(tmp_path),
+            tmp_path / f"{name}.jsonl",
+            tmp_path / f"{name}.out",
+            tmp_path / f"{name}.err",
+        )
+
+    workers = {"cpu": worker, "gpu": gpu}
+    with SpecCluster(scheduler=scheduler, workers=workers) as cluster, Client(cluster) as client:
+        assert has_gpu_workers(client)
+        gpu_address = next(
+            address
+            for address, info in client.scheduler_info()["workers"].items()
+            if (info.get("resources") or {}).get("GPU")
+        )
+        executor = ResourceExecutor(client)
+        for attempt in range(3):  # the CPU job may land anywhere; the GPU job never elsewhere
+            on_gpu = executor.submit(job(f"gpu{attempt}", {"device": "cuda"}).run)
+            assert on_gpu.result(timeout=60) == 0
+            assert set(client.who_has(on_gpu)[on_gpu.key]) == {gpu_address}
+        assert executor.submit(job("cpu", {}).run).result(timeout=60) == 0
+
+
+def test_replicas_and_variants_run_on_a_local_dask_cluster(tmp_path):
+    (tmp_path / "test_tiny.py").write_text(VARIANT_TEST)
+    report = tmp_path / "report"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "test_tiny.py",
+            "--repro",
+            "--repro-executor=dask",
+            "--repro-runs=1",
+            "--repro-variant-runs=1",
+            "--repro-baseline=off",
+            f"--repro-report={report}",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    test = json.loads((report / "report.json").read_text())["tests"][0]
+    outcomes = {o["name"]: o["status"] for o in test["variants"]["outcomes"]}
+    assert outcomes["float64"] == "judge"
+    assert outcomes["threads=1"] in ("identical", "agrees")
+    assert (report / "records" / "test_tiny" / "test_tiny.json").is_file()

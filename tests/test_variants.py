@@ -461,7 +461,7 @@ def test_drift_in_a_random_kernel_before_training_is_initialisation(tmp_path):
 
 def test_other_python_arguments_are_another_code_path(tmp_path):
     mine = [event(0, "aten::add", [sig(1, "external", 0)], [sig(2)], args_hash=1)]
-    theirs = [event(0, "aten::add", [sig(1, "external", 0)], [sig(2)], args_hash=2)]
+    theirs = [event(0, "aten::add", [sig(1, "external", 0)], [sig(3)], args_hash=2)]
     found = locate(tmp_path, mine, theirs, "threads=1")
     assert found.kind == "code-path" and found.expected is False
     assert "reads its environment" in found.why
@@ -522,3 +522,38 @@ def test_growth_tables_show_the_first_drift_step_then_spread_out():
     assert drift_report.growth_indices(0, 5) == [0, 1, 2, 3, 4]
     rows = drift_report.growth_indices(2, 40)
     assert rows[:3] == [2, 3, 4] and rows[-1] == 39 and len(rows) <= drift_report.GROWTH_ROWS
+
+
+def test_a_test_with_allowed_nondeterminism_may_part_within_a_variant(runs):
+    from repro_check.orchestration.allowance import Allowance
+
+    verdict = staged(runs, {"isa=avx2": ["reordered", "same"]})
+    assert outcome(verdict, "isa=avx2").status == drift.FAILED
+    plan = plan_variants(
+        {NODEID: with_judge(parse_variants(["isa=avx2"]))}, CPU_HOST, runs=2, first_index=2
+    )
+    results = [ReplicaResult(NODEID, i, "passed", record=runs["reference"]) for i in range(2)]
+    allowed = judge(NODEID, 1, 0, [ReplicaSpec(0), ReplicaSpec(1)], results)
+    records = {"isa=avx2": ["reordered", "same"], "float64": ["float64", "float64"]}
+
+    def results_of(planned):
+        for spec, name in zip(planned.specs, records[planned.name], strict=True):
+            yield ReplicaResult(NODEID, spec.index, "passed", record=runs[name])
+
+    case = Case(NODEID, NODEID, allowed=(Allowance("aten::index_put", "bag sums"),))
+    drift.VariantStage(plan).stage(case, allowed, results_of)
+    assert outcome(allowed, "isa=avx2").status == drift.AGREES
+
+
+def test_other_python_arguments_that_change_nothing_are_not_the_drift(tmp_path):
+    # A GPU variant's factory gets device="cuda": other arguments, the same numbers.
+    mine = [
+        event(0, "aten::randn", [], [sig(1)], args_hash=1, rng_state=7),
+        event(1, "aten::convolution", [sig(1, event=0)], [sig(2)], requires_grad=True),
+    ]
+    theirs = [
+        event(0, "aten::randn", [], [sig(1)], args_hash=2, rng_state=7),
+        event(1, "aten::convolution", [sig(1, event=0)], [sig(3)], requires_grad=True),
+    ]
+    found = locate(tmp_path, mine, theirs, "cuda")
+    assert (found.kind, found.op, found.expected) == ("op", "aten::convolution", True)

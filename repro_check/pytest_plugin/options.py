@@ -194,8 +194,9 @@ def add_options(parser: pytest.Parser) -> None:
         "--repro-executor",
         choices=("local", "dask"),
         default="local",
-        help="where sweep runs execute: local processes, or a Dask cluster "
-        "(--repro-dask-scheduler=ADDRESS, else a LocalCluster on loopback)",
+        help="where replica, variant and sweep processes start: locally, or on a Dask cluster "
+        "(--repro-dask-scheduler=ADDRESS, else a LocalCluster on loopback); GPU variants go "
+        "to workers started with --resources GPU=1",
     )
     group.addoption(
         "--repro-dask-scheduler",

@@ -46,6 +46,7 @@ from repro_check.pytest_plugin.options import CACHE_KEY, Options
 from repro_check.pytest_plugin.resume import SessionResumes
 from repro_check.pytest_plugin.seeded import SeededSession, maybe_deterministic
 from repro_check.pytest_plugin.variants import (
+    Cluster,
     extra_jobs,
     plan_session,
     results_of,
@@ -202,6 +203,7 @@ class ParentSession(SeededSession):
             records_dir=options.report_dir,  # each test's record, for repro-check compare
         )
         self.report = SessionReport()
+        self.cluster = Cluster()  # --repro-executor=dask: started at collection
         #: Per test: replica 0's per-key record digests (the run catalog's archive).
         self.key_tables: dict[str, Any] = {}
         self.pool: ReplicaPool | None = None
@@ -251,14 +253,20 @@ class ParentSession(SeededSession):
         nodeids = [item.nodeid for item in session.items if is_repro_item(item)]
         if nodeids:
             variants = extra_jobs(self.pipeline.variants.plan if self.pipeline.variants else [])
-            self.pool = self.launcher.pool(nodeids, self.specs, "session", extra=variants)
+            self.pool = self.launcher.pool(
+                nodeids, self.specs, "session", extra=variants, executor=self.cluster.executor
+            )
 
     def _plan_variants(self, items: Sequence[pytest.Item]) -> None:
-        """Backend variants (--repro-variants, marker variants=[...]) judged by the pipeline."""
-        plan = plan_session(items, self.options, len(self.specs))
+        """Backend variants (--repro-variants, marker variants=[...]) judged by the pipeline;
+        replicas and variants on a Dask cluster under --repro-executor=dask."""
+        self.cluster = Cluster.for_config(self.config, self.options.jobs)
+        plan = plan_session(
+            items, self.options, len(self.specs), gpu_workers=self.cluster.gpu_workers
+        )
         if plan:
             self.pipeline.variants = VariantStage(
-                plan, rerunner=self.launcher.rerun, localize_mode=self.options.localize
+                plan, rerunner=self._rerun, localize_mode=self.options.localize
             )
 
     @pytest.hookimpl(tryfirst=True)
@@ -282,7 +290,7 @@ class ParentSession(SeededSession):
             self._judge(
                 pyfuncitem,
                 self._results(pool, pyfuncitem.nodeid, self._live),
-                results_of(pool, pyfuncitem.nodeid),
+                results_of(pool, pyfuncitem.nodeid, self._live.tick),
             )
         finally:
             self._live.finish()
@@ -518,6 +526,7 @@ class ParentSession(SeededSession):
         }
 
     def pytest_unconfigure(self) -> None:
+        self.cluster.close()
         self._guards.close()
         self.resumes.close()
         if self.pool is not None:

@@ -6,6 +6,8 @@ variant plan, and from the replica pool to each variant's results. Hooks stay in
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -97,3 +99,42 @@ def variant_options(options: Options) -> tuple[str, ...]:
     if options.variants and options.variant_runs != options.runs:
         extra.append(f"--repro-variant-runs={options.variant_runs}")
     return tuple(extra)
+
+
+@dataclass
+class Cluster:
+    """The session's Dask cluster under ``--repro-executor=dask`` (else nothing): replica and
+    variant processes start on its workers; GPU variants only on workers with a GPU resource."""
+
+    client: Any = None
+    cluster: Any = None
+
+    @classmethod
+    def for_config(cls, config: pytest.Config, workers: int) -> Cluster:
+        if config.getoption("repro_executor") != "dask":
+            return cls()
+        from repro_check.orchestration.cluster import DaskUnavailable, start_dask
+
+        try:
+            return cls(*start_dask(config.getoption("repro_dask_scheduler"), workers))
+        except DaskUnavailable as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+    @property
+    def gpu_workers(self) -> bool:
+        from repro_check.orchestration.cluster import has_gpu_workers
+
+        return self.client is not None and has_gpu_workers(self.client)
+
+    @property
+    def executor(self) -> Executor | None:
+        from repro_check.orchestration.cluster import ResourceExecutor
+
+        return ResourceExecutor(self.client) if self.client is not None else None
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        self.client = self.cluster = None
