@@ -787,19 +787,20 @@ class VariantStage:
         ):
             return
         by_name = {p.name: p for p in planned}
-        reference = verdict.reference.record
-        steps = [s.step for s in reference.steps]
+        steps = [s.step for s in verdict.reference.record.steps]
+        # Variants that first drift at the same step share one traced rerun of the reference.
+        groups: dict[int, list[tuple[VariantOutcome, Any]]] = {}
         for outcome in report.outcomes:
             first = outcome.first_drift
             plan = by_name.get(outcome.name)
-            if (
-                first is None
-                or plan is None
-                or outcome.status in (JUDGE, FAILED, SKIPPED)
-                or not plan.specs
-            ):
+            if first is None or plan is None or not plan.specs:
                 continue
-            start = window_start(steps, first.step, 0)
-            originals = [verdict.specs[0], plan.specs[0]]
-            reruns = self.rerunner(case.nodeid, originals, TraceWindow(start, first.step), 0)
-            outcome.drift_op = locate(reruns, first.step, start, plan.variant)
+            if outcome.status not in (JUDGE, FAILED, SKIPPED):
+                groups.setdefault(first.step, []).append((outcome, plan))
+        for step, members in groups.items():
+            start = window_start(steps, step, 0)
+            originals = [verdict.specs[0], *(plan.specs[0] for _, plan in members)]
+            reruns = self.rerunner(case.nodeid, originals, TraceWindow(start, step), 0)
+            for position, (outcome, plan) in enumerate(members, start=1):
+                pair = [reruns[0], reruns[position]] if len(reruns) > position else reruns[:1]
+                outcome.drift_op = locate(pair, step, start, plan.variant)

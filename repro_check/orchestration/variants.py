@@ -405,7 +405,8 @@ def plan_variants(
         if reason:
             plan.append(PlannedVariant(variant, skipped=reason, nodeids=tuple(tests[name])))
             continue
-        specs = variant_specs(variant, runs, index)
+        # The float64 judge added by repro-check is a yardstick, not a subject: one replica.
+        specs = variant_specs(variant, 1 if variant.judge_only else runs, index)
         index += len(specs)
         plan.append(PlannedVariant(variant, specs, nodeids=tuple(tests[name])))
     return plan
