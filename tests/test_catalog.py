@@ -6,7 +6,6 @@ and ``runs verify`` -- in a throwaway git repository."""
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import random
 import signal
@@ -376,23 +375,25 @@ def test_check_reports_missing_and_changed_artifacts(tmp_path):
 # ----------------------------------------------------------------------------- processes
 
 
-def _writer(path: str, count: int) -> None:
-    with Catalog(path) as catalog:
-        for i in range(count):
-            run_id = catalog.start_run(START)
-            catalog.finish_run(run_id, RunEnd(tests=[TestEntry(f"t::{i}", "identical")]))
+WRITER = """
+import sys
+from repro_check.catalog import Catalog, RunEnd, RunStart, TestEntry
+start = RunStart("session", ["--repro"], "/somewhere", sys.executable)
+with Catalog(sys.argv[1]) as catalog:
+    for i in range(int(sys.argv[2])):
+        run_id = catalog.start_run(start)
+        catalog.finish_run(run_id, RunEnd(tests=[TestEntry(f"t::{i}", "identical")]))
+"""
 
 
 def test_concurrent_writers_in_separate_processes_lose_nothing(tmp_path):
     path = str(tmp_path / "catalog.sqlite")
     Catalog(path).close()
-    context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_writer, args=(path, 15)) for _ in range(3)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(120)
-    assert [w.exitcode for w in workers] == [0, 0, 0]
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, path, "15"], env=clean_env())
+        for _ in range(3)
+    ]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0, 0]
     with Catalog(path) as catalog:
         runs = catalog.runs()
         tests = catalog.conn.execute("SELECT COUNT(*) FROM tests").fetchone()[0]
@@ -464,15 +465,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-COMMON = [
-    "-p",
-    "no:cacheprovider",
-    "-p",
-    "no:randomly",
-    "--repro",
-    "--repro-runs=1",
-    "--repro-baseline=off",
-]
+#: One replica, in the session's own process: the catalog is the subject, not the replicas.
+COMMON = ["-p", "no:cacheprovider", "-p", "no:randomly", "--repro", "--repro-runs=1"]
+COMMON += ["--repro-mode=inprocess", "--repro-baseline=off"]
 
 
 @pytest.fixture(scope="module")

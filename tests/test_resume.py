@@ -311,6 +311,7 @@ def test_planted_mistakes_fail_and_the_reference_resumes_in_fresh_processes(tmp_
             "pytest",
             "--repro",
             "--repro-runs=1",
+            "--repro-mode=inprocess",  # one replica here; the resume runs are fresh processes
             "--repro-baseline=off",
             f"--repro-report={report}",
             "-p",
