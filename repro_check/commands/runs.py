@@ -72,6 +72,12 @@ def add_parser(subparsers: Any) -> None:
     )
     verify.add_argument("id")
     verify.add_argument("--timeout", type=float, default=3600.0, help="seconds (default 3600)")
+    verify.add_argument(
+        "--recorded-python",
+        action="store_true",
+        help="re-run with the interpreter the run recorded (default: this one; a catalog from "
+        "elsewhere could name any program)",
+    )
     verify.set_defaults(func=run_verify)
     gc = sub.add_parser("gc", help="keep the N newest runs; delete the rest and what only they use")
     gc.add_argument("--keep", type=int, required=True, metavar="N")
@@ -162,7 +168,8 @@ def _show(args: argparse.Namespace) -> int:
         return 0
     print(f"run {run.id}  ({run.kind}, {run.state}, outcome {run.outcome or '-'})")
     print(f"  started {run.started_at}, finished {run.finished_at or '-'} on {run.host}")
-    print(f"  command: {run.python} -m pytest {' '.join(run.argv)}")
+    runner = "repro-check" if run.kind == "compare" else f"{run.python} -m pytest"
+    print(f"  command: {runner} {' '.join(run.argv)}")
     print(f"  in: {run.cwd}")
     git = run.git
     print(
@@ -202,10 +209,11 @@ def _diff(args: argparse.Namespace) -> int:
     return 0 if result.same_results else 1
 
 
-def verify_command(run: RunRow, catalog: Path, report_dir: Path) -> list[str]:
+def verify_command(
+    run: RunRow, catalog: Path, report_dir: Path, python: str = sys.executable
+) -> list[str]:
     """The recorded command, pinned to the recorded base seed, writing its report to a
     temporary folder and its run into the same catalog; ``--repro-update`` dropped."""
-    python = run.python if run.python and Path(run.python).exists() else sys.executable
     if run.kind == "compare":
         return [python, "-m", "repro_check.cli", *run.argv, f"--catalog={catalog.resolve()}"]
     argv = [a for a in run.argv if a not in NOT_REPEATED]
@@ -228,9 +236,16 @@ def _verify(args: argparse.Namespace) -> int:
         return _error(f"run {run.id} ({run.kind}) has no command to re-run")
     if not Path(run.cwd).is_dir():
         return _error(f"run {run.id} ran in {run.cwd}, which no longer exists")
+    python = sys.executable
+    if args.recorded_python:
+        if not Path(run.python).is_file():
+            return _error(f"the recorded interpreter {run.python} no longer exists")
+        python = run.python
+    elif Path(run.python).resolve() != Path(sys.executable).resolve():
+        print(f"note: recorded with {run.python}; re-running with {python} (--recorded-python)")
     new_id = new_run_id()
     with tempfile.TemporaryDirectory(prefix="repro-verify-") as tmp:
-        command = verify_command(run, path, Path(tmp))
+        command = verify_command(run, path, Path(tmp), python)
         print(f"re-running {run.id} in {run.cwd}:\n  {' '.join(command)}")
         env = {**os.environ, RUN_ID_ENV: new_id, VERIFIES_ENV: run.id}
         try:
