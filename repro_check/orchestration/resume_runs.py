@@ -40,6 +40,10 @@ class ResumeBatch:
         self._pools: list[ReplicaPool] = []
         self._lock = threading.Lock()
         self._got: dict[tuple[int, str, str], ReplicaResult] = {}
+        for _, path in self.checks.values():  # a stale checkpoint must not stand in for a new one
+            for stale in Path(path).parent.glob("step-*"):
+                if stale.suffix in (".safetensors", ".json"):
+                    stale.unlink(missing_ok=True)
         self._start(0)
 
     def _start(self, part: int) -> ReplicaPool:
