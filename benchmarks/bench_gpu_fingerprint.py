@@ -42,6 +42,7 @@ import xxhash  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.bench_record import run as run_steps  # noqa: E402
 from repro_check.core.fingerprint import fingerprint_many  # noqa: E402
 from repro_check.core.record import Recorder, flatten_leaves  # noqa: E402
 from repro_check.core.spill import SpillWriter, read_spilled  # noqa: E402
@@ -210,13 +211,7 @@ def check_record_overhead(device: str, steps: int = 20) -> None:
     x, y = data.tensors[0][:32].to(device), data.tensors[1][:32].to(device)
 
     def train(recorder: Recorder | None) -> None:
-        for step in range(steps):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if recorder is not None:
-                recorder.record(step, {"model": model, "optimizer": optimizer, "loss": loss})
+        run_steps(model, optimizer, (x, y), steps, recorder)  # timed here, with a device sync
 
     train(None)
     with tempfile.TemporaryDirectory() as tmp:
