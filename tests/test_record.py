@@ -501,15 +501,19 @@ def test_reference_suite_digests_are_those_of_the_raw_bytes():
 # ------------------------------------------------------------------------- spill writes
 
 
-@pytest.mark.parametrize("large", [False, True], ids=["batched", "in-place"])
-def test_spilled_bytes_are_those_at_record_time(tmp_path, monkeypatch, large):
-    """Private copies are written in the background, a live tensor's own memory at once:
-    changing the tensor right after record never changes what was spilled."""
+@pytest.mark.parametrize(
+    ("numel", "large"),
+    [(64, False), (2**17, False), (64, True)],
+    ids=["copy-written-at-once", "copy-written-in-the-background", "in-place"],
+)
+def test_spilled_bytes_are_those_at_record_time(tmp_path, monkeypatch, numel, large):
+    """Private copies are written at once or in the background, a live tensor's own memory at
+    once: changing the tensor right after record never changes what was spilled."""
     if large:
         monkeypatch.setattr(fingerprint, "LARGE_BYTES", 16)
     writer = SpillWriter(tmp_path / "spill.bin", 64 * MB)
     recorder = Recorder(writer)
-    weight = torch.arange(64, dtype=torch.float32)
+    weight = torch.arange(numel, dtype=torch.float32)
     entries = [recorder.record(step, {"w": weight}).entries["w"] for step in range(3)]
     for _ in range(3):
         weight.add_(1.0)  # the next steps' values
@@ -518,20 +522,21 @@ def test_spilled_bytes_are_those_at_record_time(tmp_path, monkeypatch, large):
     recorder.close()
     assert entries[0].spill == entries[1].spill == entries[2].spill  # unchanged: stored once
     for step, entry in enumerate(entries):
-        expected = torch.arange(64, dtype=torch.float32) + max(0, step - 2)
-        assert torch.equal(read_spilled(entry.spill, "float32", (64,)), expected)
-    assert (tmp_path / "spill.bin").stat().st_size == writer.written == 4 * 256
+        expected = torch.arange(numel, dtype=torch.float32) + max(0, step - 2)
+        assert torch.equal(read_spilled(entry.spill, "float32", (numel,)), expected)
+    assert (tmp_path / "spill.bin").stat().st_size == writer.written == 4 * 4 * numel
 
 
-def test_spill_write_error_names_the_file(tmp_path, monkeypatch):
+@pytest.mark.parametrize("numel", [4, 2**17], ids=["written-at-once", "in-the-background"])
+def test_spill_write_error_names_the_file(tmp_path, monkeypatch, numel):
     def broken(fd, writes):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(spill_module, "_write_at", broken)
     recorder = Recorder(SpillWriter(tmp_path / "spill.bin", 64 * MB))
-    recorder.record(0, {"x": torch.ones(4)})
     with pytest.raises(OSError, match=r"spill\.bin: No space left on device.*--repro-spill-mb"):
-        recorder.close()
+        recorder.record(0, {"x": torch.ones(numel)})  # small: written here
+        recorder.close()  # large: the background write's error surfaces here
 
 
 def test_spill_appends_after_earlier_contents(tmp_path):

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 #: Bytes queued for the background writer before a record waits for it (bounds the memory that
 #: queued copies hold when the disk is slower than training).
 MAX_PENDING_BYTES = 128 * 2**20
+#: A record's private copies smaller than this are written at once: a write to the page cache
+#: costs less than handing it to the background thread (and its share of the GIL).
+SYNC_BYTES = 256 * 2**10
 _IOV_MAX = 512  # buffers per pwritev call (the system limit is 1024 on Linux)
 
 SpillKey = tuple[str, str, tuple[int, ...]]
@@ -83,12 +86,17 @@ class SpillWriter:
         are written now; private copies on the background thread."""
         now = [(ref, data) for ref, data, aliased in writes if aliased]
         later = [(ref, data) for ref, data, aliased in writes if not aliased]
+        if not self._pending and sum(ref.nbytes for ref, _ in later) < SYNC_BYTES:
+            now, later = now + later, []  # cheaper than handing them over to the thread
         fd = self._file.fileno() if writes else -1
-        if now:
-            _write_at(fd, now)
         if later and not hasattr(os, "pwritev"):
-            _write_at(fd, later)
-        elif later:
+            now, later = now + later, []
+        if now:
+            try:
+                _write_at(fd, now)
+            except OSError as exc:
+                raise self._write_error(exc) from None
+        if later:
             nbytes = sum(ref.nbytes for ref, _ in later)
             while self._pending and self._pending_bytes + nbytes > MAX_PENDING_BYTES:
                 self._wait_oldest()
@@ -114,11 +122,14 @@ class SpillWriter:
         try:
             future.result()
         except OSError as exc:
-            raise OSError(
-                exc.errno,
-                f"could not write the spill file {self.path}: {exc.strerror}; free disk space "
-                f"or lower the spill budget (--repro-spill-mb)",
-            ) from None
+            raise self._write_error(exc) from None
+
+    def _write_error(self, exc: OSError) -> OSError:
+        return OSError(
+            exc.errno,
+            f"could not write the spill file {self.path}: {exc.strerror}; free disk space "
+            f"or lower the spill budget (--repro-spill-mb)",
+        )
 
     def flush(self) -> None:
         """Wait until every reserved byte is in the file (raises the first write error)."""
