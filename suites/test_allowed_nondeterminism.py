@@ -63,5 +63,5 @@ def test_embedding_bag_accumulation(repro):
         loss.backward()
         optimizer.step()
         repro.record(step, model=model, optimizer=optimizer, loss=loss)
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert sum(losses[-3:]) < sum(losses[:3]), f"the classifier should learn: {losses}"
