@@ -71,6 +71,10 @@ def load_checkpoint(path: str | os.PathLike[str], /, **objects: Any) -> dict[str
         )
     file = find_checkpoint(path)
     tensors, manifest = load_verified(file)
+    # safetensors sorts its keys; "order" keeps the order they were recorded in (the state
+    # dicts' order, e.g. Adam's step, exp_avg, exp_avg_sq): restore in that order.
+    order = [k for k in manifest.get("order", []) if k in tensors]
+    tensors = {**{k: tensors[k] for k in order}, **tensors}
     restorers = []
     for name, obj in objects.items():
         own = {k[len(name) + 1 :]: t for k, t in tensors.items() if k.startswith(name + ".")}

@@ -43,6 +43,7 @@ def save_last_step(root: Path, result: ReplicaResult, metadata: dict[str, Any]) 
             "replica": result.replica,
             "step": last.step,
             "environment": result.environment,
+            "order": list(tensors),  # as recorded (state-dict order); the manifest sorts keys
             **metadata,
         },
     )
