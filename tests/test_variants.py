@@ -191,10 +191,15 @@ def test_float64_runs_in_double_precision_from_the_references_random_numbers():
         wide = draws()
         # Code that calls .float() on its data still meets float64 weights.
         mixed = torch.nn.functional.linear(torch.ones(3, 20, dtype=torch.float32), wide["linear"])
+        # conv2d checks its operands' dtypes before dispatch: unified at the function level
+        image = torch.ones(1, 1, 4, 4, dtype=torch.float32)
+        convolved = torch.nn.functional.conv2d(image, torch.ones(2, 1, 3, 3), torch.ones(2))
+        in_place = torch.ones(3, dtype=torch.float32).add_(torch.ones(3))  # stays float32
     finally:
         undo()
     assert torch.get_default_dtype() == torch.float32
     assert wide["randn"].dtype == torch.float64 and mixed.dtype == torch.float64
+    assert convolved.dtype == torch.float64 and in_place.dtype == torch.float32
     assert wide["randint"].dtype == torch.int64
     for name, tensor in reference.items():
         assert torch.equal(tensor.double(), wide[name].double()), name

@@ -53,9 +53,10 @@ def apply_settings(settings: Mapping[str, Any] | None) -> Callable[[], None]:
             torch.set_default_device(device)
             undo.append(lambda: torch.set_default_device(previous_device))
         if float64 or device:
-            mode = _reference_rng_mode(torch)(float64=float64, device=device)
-            mode.__enter__()
-            undo.append(lambda: mode.__exit__(None, None, None))
+            for mode_class in _modes(torch):
+                mode = mode_class(float64=float64, device=device)
+                mode.__enter__()
+                undo.append(lambda mode=mode: mode.__exit__(None, None, None))
         if settings.get("compile"):
             undo.append(_compile_top_level_modules(torch))
     except BaseException:
@@ -91,13 +92,59 @@ def _set_tf32(torch: Any, on: bool) -> Callable[[], None]:
 _FLOAT_FACTORIES = frozenset({"aten::randn", "aten::rand", "aten::normal"})
 
 
-def _reference_rng_mode(torch: Any) -> type:
-    """The mode class (built lazily: the base class lives in torch)."""
+def _modes(torch: Any) -> tuple[type, type]:
+    """The two mode classes (built lazily: their base classes live in torch): random numbers
+    drawn as the reference draws them (dispatch level), and operands unified (function level,
+    before PyTorch's own dtype/device checks, e.g. conv2d's)."""
+    from torch.overrides import TorchFunctionMode
     from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils._pytree import tree_map
+    from torch.utils._pytree import tree_leaves, tree_map
 
     seeded = torch.Tag.nondeterministic_seeded
     low_precision = (torch.float32, torch.float16, torch.bfloat16)
+
+    def unify(args: tuple, kwargs: dict, float64: bool, target: Any) -> tuple[tuple, dict]:
+        """Mixed operands as a float64 or GPU port of the code would pass them: lower-precision
+        floats next to float64 ones upcast, CPU tensors next to ``target`` ones moved."""
+        tensors = [x for x in tree_leaves((args, kwargs)) if isinstance(x, torch.Tensor)]
+        if len(tensors) < 2:
+            return args, kwargs
+        floats = {t.dtype for t in tensors if t.is_floating_point()}
+        upcast = float64 and torch.float64 in floats and bool(floats & set(low_precision))
+        move = target is not None and any(t.device.type == target.type for t in tensors)
+        if not (upcast or move):
+            return args, kwargs
+
+        def fix(x: Any) -> Any:
+            if not isinstance(x, torch.Tensor):
+                return x
+            if upcast and x.dtype in low_precision and x.dim() > 0:
+                x = x.to(torch.float64)
+            if move and x.device.type == "cpu" and x.dim() > 0:
+                x = x.to(target)
+            return x
+
+        return tree_map(fix, (args, kwargs))
+
+    class Unify(TorchFunctionMode):
+        """``unify`` for every torch function that creates new tensors (not in-place ones)."""
+
+        def __init__(self, *, float64: bool, device: str | None) -> None:
+            super().__init__()
+            self.float64 = float64
+            self.device = torch.device(device) if device else None
+
+        def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            mutates = (
+                (name.endswith("_") and not name.endswith("__"))
+                or name.startswith(("__i", "__set"))
+                or "out" in kwargs
+            )
+            if not mutates:
+                args, kwargs = unify(args, kwargs, self.float64, self.device)
+            return func(*args, **kwargs)
 
     class ReferenceRNG(TorchDispatchMode):
         """Random ops draw as the float32 CPU reference would; mixed operands are unified.
@@ -193,30 +240,9 @@ def _reference_rng_mode(torch: Any) -> type:
             return tree_map(lambda x: self._from_reference(x, device), out)
 
         def _unify(self, args: tuple) -> tuple:
-            tensors = [a for a in args if isinstance(a, torch.Tensor)]
-            if len(tensors) < 2:
-                return args
-            floats = {t.dtype for t in tensors if t.is_floating_point()}
-            upcast = self.float64 and torch.float64 in floats and bool(floats & set(low_precision))
-            target = self.device
-            move = target is not None and any(t.device.type == target.type for t in tensors)
-            if not (upcast or move):
-                return args
+            return unify(args, {}, self.float64, self.device)[0]
 
-            def fix(x: Any) -> Any:
-                if not isinstance(x, torch.Tensor):
-                    return x
-                if upcast and x.dtype in low_precision and x.dim() > 0:
-                    x = x.to(torch.float64)
-                if move and x.device.type == "cpu" and x.dim() > 0:
-                    x = x.to(target)
-                return x
-
-            return tuple(
-                fix(a) if not isinstance(a, (list, tuple)) else tree_map(fix, a) for a in args
-            )
-
-    return ReferenceRNG
+    return ReferenceRNG, Unify
 
 
 def _compile_top_level_modules(torch: Any) -> Callable[[], None]:

@@ -258,6 +258,10 @@ class WorkerLauncher:
     ) -> list[ReplicaResult]:
         """The investigation's rerunner: fresh processes with the originals' settings."""
         folder = f"investigate-{id_to_name(nodeid)}-{attempt}"
+        reruns = 0
+        while (self.tmpdir / folder).exists():  # one folder per rerun (variants rerun a test often)
+            reruns += 1
+            folder = f"investigate-{id_to_name(nodeid)}-{attempt}.{reruns}"
         specs, jobs = [], []
         for index, original in enumerate(originals):
             spec = ReplicaSpec(

@@ -141,8 +141,10 @@ def variant_lines(verdicts: Sequence[Any]) -> Iterable[tuple[str, dict[str, bool
             ({"red": True} if failed else {"green": True}),
         )
         for line in report_lines(report):
-            markup = {"red": True} if "[FAIL]" in line else {}
-            yield line, markup
+            if "[FAIL]" in line:
+                yield line, {"red": True}
+            else:
+                yield line, {"yellow": True} if ": drifts -- " in line else {}
 
 
 # ------------------------------------------------------------------------------ the curve
