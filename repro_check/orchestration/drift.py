@@ -275,10 +275,23 @@ def max_ulp_distance(reference: torch.Tensor, other: torch.Tensor) -> float | No
     return float(distance.max())
 
 
+#: The multiplier of the float64 rule across backends. Inductor's 2 and 3 (``same``) compare
+#: two runs of the *same* algorithms; a backend variant changes them -- oneDNN's blocked
+#: convolution against im2col + GEMM, Sleef against libm, pairwise against sequential sums --
+#: and their accuracies legitimately differ: at the first drift step, benign variants of the
+#: reference suites measured up to 7.5x the reference's own error against float64 (mkldnn=off on
+#: a CNN, isa=default on an LSTM; this module's tests and benchmarks/bench_variants.py), while
+#: real bugs measured 700x (a wrong epsilon) and 1e5x (TF32 matmuls). 10 -- inductor's own
+#: multiplier for small tensors -- keeps both margins.
+VARIANT_MULTIPLIER = 10.0
+
+
 def _judge(
     reference: np.ndarray, candidate: np.ndarray, fp64: np.ndarray, dtype: str
 ) -> Fp64Judgement:
-    return judge_against_fp64(reference, candidate, fp64, dtype=dtype)
+    return judge_against_fp64(
+        reference, candidate, fp64, dtype=dtype, multiplier=VARIANT_MULTIPLIER
+    )
 
 
 def _rule_dtype(dtypes: set[str]) -> str:
