@@ -34,6 +34,8 @@ ISA_FLAGS = {
     "avx512": frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq", "fma"}),
 }
 FLOAT64 = "float64"
+#: ``--repro-variants=none``: run no variant, not even those a marker asks for.
+NO_VARIANTS = "none"
 #: The vocabulary, as shown in errors and ``--help``.
 VOCABULARY = (
     "threads=N",

@@ -158,7 +158,7 @@ def add_options(parser: pytest.Parser) -> None:
         "a float64 run: comma-separated, from threads=N, isa=default|avx2|avx512, mkldnn=off, "
         "deterministic, float64, compile, cuda, cuda:deterministic, tf32=on, mps ('+' "
         "combines); unsupported ones are skipped with the reason (ini repro_variants; marker "
-        "variants=[...])",
+        "variants=[...]; 'none' skips the markers' variants too)",
     )
     group.addoption(
         "--repro-variant-runs",
@@ -394,8 +394,10 @@ def catalog_path(text: str, rootpath: Path, report_dir: Path | None) -> Path | N
 
 
 def _variants(text: str) -> tuple[str, ...]:
-    from repro_check.orchestration.variants import VariantError, parse_variants
+    from repro_check.orchestration.variants import NO_VARIANTS, VariantError, parse_variants
 
+    if text.strip().lower() == NO_VARIANTS:
+        return (NO_VARIANTS,)
     try:
         return tuple(v.name for v in parse_variants([text]))
     except VariantError as exc:

@@ -15,6 +15,7 @@ import pytest
 from repro_check.orchestration.executor import ReplicaPool
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec
 from repro_check.orchestration.variants import (
+    NO_VARIANTS,
     PlannedVariant,
     Variant,
     parse_variants,
@@ -29,7 +30,9 @@ from repro_check.pytest_plugin.options import Options
 def wanted_variants(items: Sequence[pytest.Item], options: Options) -> dict[str, list[Variant]]:
     """Each marked test's variants: the session's (--repro-variants, ini) and its marker's,
     with the float64 judge added."""
-    wanted = {}
+    wanted: dict[str, list[Variant]] = {}
+    if NO_VARIANTS in options.variants:
+        return wanted
     for item in items:
         if not is_repro_item(item):
             continue
