@@ -1,12 +1,22 @@
-"""Backend variants without pytest sessions: names, what this machine supports, the plan, the
-in-process settings, and the cross-variant verdict judged against float64."""
+"""Backend variants: names, what this machine supports, the plan, the in-process settings, the
+cross-variant verdict judged against float64, the first drift op and the report -- all without
+pytest sessions -- and one end-to-end session on the planted bug."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
+from drift_runs import train
 
 from repro_check.core.backend import apply_settings
+from repro_check.core.record import RunRecord, StepRecord
+from repro_check.orchestration import drift, drift_op
+from repro_check.orchestration.case import Case
+from repro_check.orchestration.drift import analyze_drift, decide
+from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec
 from repro_check.orchestration.variants import (
     Capabilities,
     VariantError,
@@ -20,6 +30,10 @@ from repro_check.orchestration.variants import (
     variant_specs,
     with_judge,
 )
+from repro_check.orchestration.verdict import VARIANT_MISMATCH, judge
+from repro_check.reporting import drift as drift_report
+from repro_check.trace.events import OpEvent, TensorSig
+from repro_check.trace.io import write_trace
 
 AVX2_HOST = Capabilities(machine="x86_64", isas=("default", "avx2"), isa_source="test")
 
@@ -219,14 +233,6 @@ def test_settings_are_undone():
 
 # ------------------------------------------------------------- the cross-variant verdict
 
-from pathlib import Path  # noqa: E402
-
-from drift_runs import train  # noqa: E402
-
-from repro_check.core.record import RunRecord, StepRecord  # noqa: E402
-from repro_check.orchestration import drift  # noqa: E402
-from repro_check.orchestration.drift import analyze_drift, decide  # noqa: E402
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, RunRecord]:
@@ -336,9 +342,6 @@ def test_ulp_distance_counts_representable_numbers_between():
 
 # ----------------------------------------------------------------------- the variant stage
 
-from repro_check.orchestration.case import Case  # noqa: E402
-from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec  # noqa: E402
-from repro_check.orchestration.verdict import VARIANT_MISMATCH, judge  # noqa: E402
 
 NODEID = "tests/test_model.py::test_train"
 CPU_HOST = Capabilities(machine="x86_64", isas=("default", "avx2"), isa_source="test")
@@ -413,10 +416,6 @@ def test_variants_are_not_judged_against_diverging_replicas(runs):
 
 
 # --------------------------------------------------------------------- the first drift op
-
-from repro_check.orchestration import drift_op  # noqa: E402
-from repro_check.trace.events import OpEvent, TensorSig  # noqa: E402
-from repro_check.trace.io import write_trace  # noqa: E402
 
 
 def sig(h: int, origin: str = "traced", event: int = -1) -> TensorSig:
@@ -502,8 +501,6 @@ def test_which_drift_is_expected_where(op, variant, expected):
 
 
 # ------------------------------------------------------------------------------ rendering
-
-from repro_check.reporting import drift as drift_report  # noqa: E402
 
 
 def test_the_report_names_verdicts_first_drift_and_growth(runs, tmp_path):
@@ -595,3 +592,60 @@ def test_variants_drifting_at_one_step_share_one_traced_rerun_of_the_reference(r
     for name in ("threads=1", "isa=avx2"):
         found = outcome(verdict, name).drift_op
         assert found is not None and found.op == "aten::addmm" and found.expected is True
+
+
+# ----------------------------------------------- end to end: the planted bug (one session)
+
+
+def test_the_planted_single_thread_bug_fails_under_the_float64_rule(tmp_path):
+    """pytest --repro --repro-variants=threads=1 on the planted wrong-epsilon path: the
+    replicas agree, the threads=1 variant does not, and the report names the step, the key,
+    the line, the rule's numbers, the drift curve and the record kept for compare."""
+    import subprocess
+    import sys
+
+    from pytest_runs import clean_env, failure_section
+
+    root = Path(__file__).resolve().parent.parent
+    test = (
+        "suites/nondeterministic/test_thread_path_bug.py"
+        "::test_single_thread_path_with_wrong_epsilon"
+    )
+    report = tmp_path / "report"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            test,
+            "--repro",
+            "--repro-variants=threads=1",
+            "--repro-variant-runs=1",
+            "--repro-baseline=off",
+            f"--repro-report={report}",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+        ],
+        cwd=root,
+        env=clean_env(OMP_NUM_THREADS="2"),  # the reference takes the multi-threaded path
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-4000:]
+    failure = failure_section(output, "test_single_thread_path_with_wrong_epsilon")
+    assert "the replicas agree, but a backend variant does not" in failure
+    assert "[FAIL] threads=1: disagrees -- first drift at step 0" in failure
+    assert "beyond the float64 rule" in failure
+    assert "test_thread_path_bug.py:20 in rms_norm" in failure and "not expected" in failure
+    assert "--repro-variants=threads=1" in failure  # the rerun command keeps the variant
+    assert "repro variants" in output and "variant-mismatch" in output
+    tested = json.loads((report / "report.json").read_text())["tests"][0]
+    statuses = {o["name"]: o["status"] for o in tested["variants"]["outcomes"]}
+    assert statuses == {"float64": "judge", "threads=1": "disagrees"}
+    assert list((report / "drift").rglob("*.png"))
+    assert "## Backend variants" in (report / "report.md").read_text()
+    assert list((report / "records").rglob("test_single_thread_path_with_wrong_epsilon.json"))
