@@ -12,11 +12,13 @@ import torch
 from drift_runs import train
 
 from repro_check.core.backend import apply_settings
+from repro_check.core.compare import Fp64Judgement
 from repro_check.core.record import RunRecord, StepRecord
 from repro_check.orchestration import drift, drift_op
 from repro_check.orchestration.case import Case
-from repro_check.orchestration.drift import analyze_drift, decide
+from repro_check.orchestration.drift import analyze_drift
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec
+from repro_check.orchestration.variant_stage import VariantStage, decide
 from repro_check.orchestration.variants import (
     Capabilities,
     VariantError,
@@ -317,7 +319,7 @@ def test_amplified_drift_is_reported_not_failed(runs):
     analysis = analyze_drift(runs["reference"], runs["reordered"], runs["float64"])
     later = analysis.steps[-1]
     assert later.judgement is not None
-    later.judgement = drift.Fp64Judgement(False, 1e-8, 1e-6, 2e-8, 2.0, 1e-9, 100, "beyond")
+    later.judgement = Fp64Judgement(False, 1e-8, 1e-6, 2e-8, 2.0, 1e-9, 100, "beyond")
     decision = decide(analysis)
     assert decision.status == drift.DRIFTS and decision.amplified_from == later.step
     assert "amplified" in decision.reason
@@ -365,7 +367,7 @@ def staged(runs, by_variant: dict[str, list[str | None]], *, reference=("referen
             else:
                 yield ReplicaResult(NODEID, spec.index, "passed", record=runs[name])
 
-    drift.VariantStage(plan).stage(Case(NODEID, NODEID, atol=0.0, rtol=0.0), verdict, results_of)
+    VariantStage(plan).stage(Case(NODEID, NODEID, atol=0.0, rtol=0.0), verdict, results_of)
     return verdict
 
 
@@ -543,7 +545,7 @@ def test_a_test_with_allowed_nondeterminism_may_part_within_a_variant(runs):
             yield ReplicaResult(NODEID, spec.index, "passed", record=runs[name])
 
     case = Case(NODEID, NODEID, allowed=(Allowance("aten::index_put", "bag sums"),))
-    drift.VariantStage(plan).stage(case, allowed, results_of)
+    VariantStage(plan).stage(case, allowed, results_of)
     assert outcome(allowed, "isa=avx2").status == drift.AGREES
 
 
@@ -585,7 +587,7 @@ def test_variants_drifting_at_one_step_share_one_traced_rerun_of_the_reference(r
         for spec in planned.specs:
             yield ReplicaResult(NODEID, spec.index, "passed", record=runs[name])
 
-    stage = drift.VariantStage(plan, rerunner=rerunner)
+    stage = VariantStage(plan, rerunner=rerunner)
     stage.stage(Case(NODEID, NODEID), verdict, results_of)
     assert len(calls) == 1 and calls[0][0] == [0, 2, 3]  # reference once, both variants
     assert calls[0][1].start_after is None and calls[0][1].stop_at == 0

@@ -129,7 +129,8 @@ def _environment(out: TextIO, a: Any, b: Any, path_a: Path, path_b: Path) -> Non
 
 
 def _compare_test(out: TextIO, nodeid: str, a: Any, b: Any, args: argparse.Namespace) -> bool:
-    from repro_check.orchestration.drift import FAILING_STATUSES, analyze_drift, decide
+    from repro_check.orchestration.drift import FAILING_STATUSES, analyze_drift
+    from repro_check.orchestration.variant_stage import decide
     from repro_check.reporting.drift import outcome_lines
 
     if a is None or b is None:

@@ -15,7 +15,6 @@ from typing import Any
 
 from repro_check.core.seeding import root_seed_for_test
 from repro_check.orchestration.case import Case, SessionSettings
-from repro_check.orchestration.drift import ResultsOf, VariantStage
 from repro_check.orchestration.gate import BaselineGate
 from repro_check.orchestration.investigation import (
     Rerunner,
@@ -27,6 +26,7 @@ from repro_check.orchestration.investigation import (
     should_localize,
 )
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec
+from repro_check.orchestration.variant_stage import ResultsOf, VariantStage
 from repro_check.orchestration.verdict import (
     ALLOWED,
     DIVERGED,

@@ -23,7 +23,6 @@ from repro_check.core.paths import NoSpaceError, UnsafePathError, id_to_name, in
 from repro_check.core.record import Recorder
 from repro_check.core.spill import SpillWriter
 from repro_check.orchestration.case import SessionSettings
-from repro_check.orchestration.drift import VariantStage
 from repro_check.orchestration.executor import ReplicaPool
 from repro_check.orchestration.gate import BaselineGate
 from repro_check.orchestration.guards import on_interpreter_exit
@@ -31,6 +30,7 @@ from repro_check.orchestration.investigation import LOCALIZE_ATTEMPTS, TraceWind
 from repro_check.orchestration.launcher import WorkerLauncher, WorkerSettings
 from repro_check.orchestration.replay import VerdictPipeline
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, default_specs
+from repro_check.orchestration.variant_stage import VariantStage
 from repro_check.orchestration.verdict import SKIPPED
 from repro_check.pytest_plugin.catalog import noting_reference
 from repro_check.pytest_plugin.items import (
