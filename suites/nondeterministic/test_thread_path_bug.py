@@ -2,11 +2,12 @@
 
 A hand-written RMS normalisation has a "fast path" for single-threaded runs (small CI runners,
 inference servers pinned to one core) that was copied from a float16 kernel -- with its epsilon,
-1e-3 instead of 1e-6. The replicas agree bit for bit, so ``pytest --repro`` passes it. Under
-``--repro-variants=threads=1`` the variant takes the other path: its error against the float64
-run is hundreds of times the reference's own rounding error at the first step, so the float64
-rule fails it -- this is not reduction-order noise -- and the first drift op is the ``add`` of
-the epsilon, called with another Python number on the line below (another code path).
+1e-3 instead of 1e-6. The replicas agree bit for bit; the ``threads=1`` variant the marker asks
+for takes the other path: its error against the float64 run is hundreds of times the
+reference's own rounding error at the first step, so the float64 rule fails it -- this is not
+reduction-order noise -- and the first drift op is the ``add`` of the epsilon, called with
+another Python number on the line below (another code path). The reference must run on more
+than one thread (``OMP_NUM_THREADS=2`` on a one-core machine).
 """
 
 import pytest
@@ -31,7 +32,7 @@ class NormedMLP(nn.Module):
         return self.head(torch.relu(rms_norm(self.inner(x), self.scale)))
 
 
-@pytest.mark.repro(steps=4)
+@pytest.mark.repro(steps=4, variants=["threads=1"])
 def test_single_thread_path_with_wrong_epsilon(repro):
     generator = repro.generator("data")
     x = torch.randn(64, 16, generator=generator)
