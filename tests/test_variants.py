@@ -651,3 +651,20 @@ def test_the_planted_single_thread_bug_fails_under_the_float64_rule(tmp_path):
     assert list((report / "drift").rglob("*.png"))
     assert "## Backend variants" in (report / "report.md").read_text()
     assert list((report / "records").rglob("test_single_thread_path_with_wrong_epsilon.json"))
+
+
+def test_another_op_sequence_is_expected_only_where_the_variant_switches_implementations(
+    tmp_path,
+):
+    mine = [event(0, "aten::mkldnn_rnn_layer", [sig(1, "external", 0)], [sig(2)])]
+    theirs = [event(0, "aten::clone", [sig(1, "external", 0)], [sig(2)])]
+    switched = locate(tmp_path, mine, theirs, "mkldnn=off")
+    assert (switched.kind, switched.expected) == ("implementation", True)
+    assert locate(tmp_path, mine, theirs, "threads=1").kind == "code-path"
+
+
+def test_the_first_differentiable_op_is_not_initialisation(tmp_path):
+    mine = [event(0, "aten::convolution", [sig(1, "external", 0)], [sig(2)], requires_grad=True)]
+    theirs = [event(0, "aten::convolution", [sig(1, "external", 0)], [sig(3)], requires_grad=True)]
+    found = locate(tmp_path, mine, theirs, "mkldnn=off")
+    assert not found.before_step_0 and "step 0" in found.headline()

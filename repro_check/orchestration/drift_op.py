@@ -103,6 +103,12 @@ _WHY = {
 }
 
 
+#: Changes that make PyTorch pick another implementation of an op (oneDNN's RNN or convolution
+#: against the native one, a GPU kernel, a compiled graph, a deterministic algorithm), which may
+#: run other aten ops: a different op sequence is then expected, not another code path.
+SWITCHES_IMPLEMENTATION = frozenset({"mkldnn", "device", "compile", "deterministic", "float64"})
+
+
 def op_kind(op: str, random: bool = False) -> str:
     """The family of an aten op (``aten::addmm`` -> matrix product)."""
     name = op.removeprefix("aten::").split(".")[0]
@@ -157,7 +163,7 @@ def expectation(kind: str, variant: Variant) -> tuple[bool, str]:
 class DriftOp:
     """The first op where a variant's arithmetic parts from the reference's."""
 
-    kind: str  # "op" | "code-path" | "entered" | "none" | "unavailable"
+    kind: str  # "op" | "implementation" | "code-path" | "entered" | "none" | "unavailable"
     message: str
     op: str | None = None
     source: str | None = None
@@ -212,7 +218,9 @@ def locate(
             f"the traced reruns did not part in the traced window{note}: the drift did not "
             f"recur, or entered through an op the dispatcher does not see",
         )
-    training_started = any(e.requires_grad or e.is_backward for e in events_a[: diff.index or 0])
+    # Initialisation: before the first op that builds the autograd graph (that op included).
+    upto = (diff.index or 0) + 1
+    training_started = any(e.requires_grad or e.is_backward for e in events_a[:upto])
     before_step_0 = start_after is None and step == _first_step(reruns) and not training_started
     found = DriftOp(
         "op",
@@ -226,6 +234,14 @@ def locate(
     if diff.kind == "nondeterministic-op":
         found.family = op_kind(event.op, random=event.rng_state is not None)
         found.expected, found.why = expectation(found.family, variant)
+    elif diff.kind == "structural" and set(changes(variant)) & SWITCHES_IMPLEMENTATION:
+        found.kind = "implementation"
+        found.family = "another implementation"
+        found.expected = True
+        found.why = (
+            f"expected: {' and '.join(changes(variant))} selects another implementation of the "
+            f"op, which runs other aten ops from here on"
+        )
     elif diff.kind == "structural" or diff.input_position in (-1, -2):
         found.kind = "code-path"
         found.family = "control flow"
