@@ -245,9 +245,15 @@ def values_of(entry: Entry, load: Loader) -> Values:
 # ------------------------------------------------------------------------------ measures
 
 
+#: ULP distances are taken where both values are at least this fraction of the tensor's RMS:
+#: around zero a ULP is arbitrarily small (1e-45 apart is a billion ULPs across the sign).
+ULP_SCALE = 1e-3
+
+
 def max_ulp_distance(reference: torch.Tensor, other: torch.Tensor) -> float | None:
     """Greatest distance between the two tensors in units in the last place of the reference's
-    dtype (the other is rounded to it first). NaN positions are left out (they are counted
+    dtype (the other is rounded to it first), over the elements that are not tiny: both of one
+    sign and at least :data:`ULP_SCALE` of the reference's RMS. NaN/inf are left out (counted
     apart); None for non-floating dtypes."""
     import torch
 
@@ -262,17 +268,18 @@ def max_ulp_distance(reference: torch.Tensor, other: torch.Tensor) -> float | No
         return None
     a = reference.reshape(-1).contiguous()
     b = other.reshape(-1).to(reference.dtype).contiguous()
-    magnitude = (1 << (torch.iinfo(as_int).bits - 1)) - 1
-
-    def ordered(t: torch.Tensor) -> np.ndarray:
-        i = t.view(as_int).numpy().astype(np.int64)
-        return np.where(i < 0, -(i & magnitude), i).astype(np.float64)
-
-    with np.errstate(invalid="ignore"):
-        distance = np.abs(ordered(a) - ordered(b))
-    nan = np.isnan(a.to(torch.float64).numpy()) | np.isnan(b.to(torch.float64).numpy())
-    distance[nan] = 0.0
-    return float(distance.max())
+    wide_a, wide_b = a.to(torch.float64).numpy(), b.to(torch.float64).numpy()
+    finite = np.isfinite(wide_a) & np.isfinite(wide_b)
+    if not finite.any():
+        return 0.0
+    floor = ULP_SCALE * float(np.sqrt(np.mean(np.square(wide_a[finite]))))
+    keep = finite & (np.abs(wide_a) >= floor) & (np.abs(wide_b) >= floor)
+    keep &= np.signbit(wide_a) == np.signbit(wide_b)
+    if not keep.any():
+        return 0.0
+    bits_a = a.view(as_int).numpy().astype(np.int64)[keep]
+    bits_b = b.view(as_int).numpy().astype(np.int64)[keep]
+    return float(np.abs(bits_a - bits_b).max())  # same sign: the bit patterns are ordered
 
 
 #: The multiplier of the float64 rule across backends. Inductor's 2 and 3 (``same``) compare
