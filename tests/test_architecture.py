@@ -19,19 +19,22 @@ MAX_CLASS_LINES = 300
 #: Modules allowed to be longer, and why (keep this list short and honest).
 LONG_MODULES: dict[str, str] = {}
 #: Layers, top to bottom: a module may import its own layer and the layers below it.
-LAYERS = [
-    "pytest_plugin",
-    "commands",
-    "cli",
-    "reporting",
-    "catalog",
-    "orchestration",
-    "trace",
-    "environment",
-    "core",
-]
+LAYERS = ["pytest_plugin", "commands", "cli", "reporting", "catalog", "orchestration", "core"]
 #: Modules outside any layer above, with the layer they sit in.
-PLACED = {"repro_check": "core", "strategies": "core", "data": "core"}
+PLACED = {
+    "repro_check": "core",
+    "strategies": "core",
+    "data": "core",
+    "fallback": "pytest_plugin",  # the opt-in conftest plugin for -p no:repro
+    # The core's two packages (DESIGN.md): below orchestration, no pytest, no cycles with core.
+    "trace": "core",
+    "environment": "core",
+}
+#: Modules that may import torch at load time, and why: they are only imported when tracing.
+TORCH_AT_IMPORT = {
+    "repro_check.trace.tracer": "subclasses torch's TorchDispatchMode; loaded only to trace",
+    "repro_check.trace.replay": "replays one traced op; loaded only by localisation",
+}
 
 
 def module_name(path: Path) -> str:
@@ -125,7 +128,7 @@ def test_layers_import_only_downwards():
     assert not upward, "\n".join(upward)
 
 
-@pytest.mark.parametrize("layer", ["core", "orchestration", "reporting", "environment", "trace"])
+@pytest.mark.parametrize("layer", ["core", "orchestration", "reporting", "catalog"])
 def test_only_the_front_end_imports_pytest(layer):
     offenders = [
         name
@@ -153,7 +156,7 @@ def test_torch_is_imported_lazily_outside_the_front_end():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
                 names += [alias.name for alias in node.names]
-                if any(n.split(".")[0] == "torch" for n in names):
+                if any(n.split(".")[0] == "torch" for n in names) and name not in TORCH_AT_IMPORT:
                     offenders.append(name)
     assert not offenders, f"import torch inside functions instead: {offenders}"
 

@@ -12,16 +12,24 @@ hold no plain bytes (meta, nested, sparse) are refused where fingerprinting fail
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+
+ACCEPTED = (
+    "torch.nn.Module, torch.optim.Optimizer, LR scheduler, torch.Tensor, numpy array, "
+    "int/float/bool, torch.Generator, repro.rng_state(), or a dict/list/tuple of these"
+)
+#: How record() flattens a nested value into dotted keys: ``flatten(key, value)``.
+Flatten = Callable[[str, Any], Iterable[tuple[str, Any]]]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 _NUMBER_TYPES: tuple[type, ...] = (bool, int, float, complex)
 
 
-def plain_leaves(leaves: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+def plain_leaves(leaves: list[tuple[str, Any]], flatten: Flatten) -> list[tuple[str, Any]]:
     """``leaves`` with every value a plain tensor or number (see the module docstring); the
-    list itself when nothing needed changing."""
+    list itself when nothing needed changing. ``flatten`` expands nested containers found
+    inside a module's state (record() passes its own flattening, so the two stay one rule)."""
     import numpy as np
     import torch
 
@@ -42,7 +50,7 @@ def plain_leaves(leaves: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
                 )
             expanded = None
         else:
-            expanded = _other(key, leaf)
+            expanded = _other(key, leaf, flatten)
         if expanded is not None and changed is None:
             changed = leaves[:position]
         if changed is not None:
@@ -69,17 +77,15 @@ def _quantized(key: str, tensor: Any) -> list[tuple[str, Any]]:
     return parts
 
 
-def _other(key: str, leaf: Any) -> list[tuple[str, Any]]:
+def _other(key: str, leaf: Any, flatten: Flatten) -> list[tuple[str, Any]]:
     """A value from inside a module's state that is neither a tensor nor a number."""
     import torch
-
-    from repro_check.core.record import ACCEPTED, flatten_state
 
     if isinstance(leaf, torch.dtype):  # e.g. a quantized module's packed-parameter dtype
         name = str(leaf).encode("ascii")
         return [(key, torch.frombuffer(bytearray(name), dtype=torch.uint8))]
     if isinstance(leaf, (Mapping, list, tuple)):
-        return plain_leaves(list(flatten_state(key, leaf, top_level=False)))
+        return plain_leaves(list(flatten(key, leaf)), flatten)
     source = (
         " (what the module's get_extra_state() returned)" if key.endswith("_extra_state") else ""
     )

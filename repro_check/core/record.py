@@ -25,14 +25,10 @@ from repro_check.core.fingerprint import (
     fingerprint_scalar,
     frozen_constructor,
 )
-from repro_check.core.leaves import drop_unset, explain_unrecordable, plain_leaves
+from repro_check.core.leaves import ACCEPTED, drop_unset, explain_unrecordable, plain_leaves
 from repro_check.core.spill import SpillRef, SpillWriter
 
 SCALAR_PREFIX = "metric."
-ACCEPTED = (
-    "torch.nn.Module, torch.optim.Optimizer, LR scheduler, torch.Tensor, numpy array, "
-    "int/float/bool, torch.Generator, repro.rng_state(), or a dict/list/tuple of these"
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +235,7 @@ class Recorder:
         import torch
 
         _check_step(step)
-        leaves = plain_leaves(flatten_leaves(state, live=True))
+        leaves = plain_leaves(flatten_leaves(state, live=True), _flatten_nested)
         keys = [key for key, _ in leaves]
         if len(set(keys)) != len(keys):
             _raise_duplicate(step, keys)
@@ -412,3 +408,8 @@ class MetricRecorder:
 
     def close(self) -> dict[str, float]:
         return self.metrics
+
+
+def _flatten_nested(key: str, value: Any) -> Iterator[tuple[str, Any]]:
+    """Nested containers inside a module's state flatten like record()'s own arguments."""
+    return flatten_state(key, value, top_level=False)
