@@ -469,8 +469,10 @@ def test_drift_in_a_random_kernel_before_training_is_initialisation(tmp_path):
 def test_other_python_arguments_are_another_code_path(tmp_path):
     mine = [event(0, "aten::add", [sig(1, "external", 0)], [sig(2)], args_hash=1)]
     theirs = [event(0, "aten::add", [sig(1, "external", 0)], [sig(3)], args_hash=2)]
+    theirs[0].source = "model.py:99 in fast_path"
     found = locate(tmp_path, mine, theirs, "threads=1")
     assert found.kind == "code-path" and found.expected is False
+    assert "at model.py:10 in f (the variant: model.py:99 in fast_path)" in found.headline()
     assert "reads its environment" in found.why
 
 
@@ -643,7 +645,11 @@ def test_the_planted_single_thread_bug_fails_under_the_float64_rule(tmp_path):
     assert "the replicas agree, but a backend variant does not" in failure
     assert "[FAIL] threads=1: disagrees -- first drift at step 0" in failure
     assert "beyond the float64 rule" in failure
-    assert "test_thread_path_bug.py:20 in rms_norm" in failure and "not expected" in failure
+    # the reference adds its epsilon on line 21, the variant on line 20 (the "fast path")
+    assert "test_thread_path_bug.py:21 in rms_norm" in failure and "not expected" in failure
+    assert (
+        "(the variant: suites/nondeterministic/test_thread_path_bug.py:20 in rms_norm)" in failure
+    )
     assert "--repro-variants=threads=1" in failure  # the rerun command keeps the variant
     assert "repro variants" in output and "variant-mismatch" in output
     tested = json.loads((report / "report.json").read_text())["tests"][0]

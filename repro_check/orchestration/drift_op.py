@@ -166,7 +166,8 @@ class DriftOp:
     kind: str  # "op" | "implementation" | "code-path" | "entered" | "none" | "unavailable"
     message: str
     op: str | None = None
-    source: str | None = None
+    source: str | None = None  # where the reference ran it
+    variant_source: str | None = None  # where the variant ran it, when that is another line
     module_path: str | None = None
     step: int | None = None
     before_step_0: bool = False  # in initialisation / data set-up, before the first training op
@@ -181,7 +182,8 @@ class DriftOp:
         where = "before step 0 (initialisation)" if self.before_step_0 else f"step {self.step}"
         module = f" in {self.module_path}" if self.module_path else ""
         verdict = "" if self.expected is None else f" -- {self.why}"
-        return f"{self.op}{module} at {self.source}, {where}{verdict}"
+        there = f" (the variant: {self.variant_source})" if self.variant_source else ""
+        return f"{self.op}{module} at {self.source}{there}, {where}{verdict}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -231,6 +233,9 @@ def locate(
         step=step,
         before_step_0=before_step_0,
     )
+    other = diff.event_b
+    if other is not None and diff.event_a is not None and other.source != diff.event_a.source:
+        found.variant_source = other.source
     if diff.kind == "nondeterministic-op":
         found.family = op_kind(event.op, random=event.rng_state is not None)
         found.expected, found.why = expectation(found.family, variant)
