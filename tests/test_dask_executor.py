@@ -1,5 +1,6 @@
-"""Sensitivity sweeps on a real Dask LocalCluster (loopback only), through the same executor
-interface as the local process pool."""
+"""Sensitivity sweeps, replicas and backend variants on a real Dask cluster (loopback only),
+through the same executor interface as the local process pool; a GPU variant only on a worker
+with a GPU resource."""
 
 import json
 import subprocess
