@@ -325,7 +325,7 @@ def test_init_runs_differ_but_share_the_data_seed(sweeps):
 def test_a_printed_run_command_reproduces_its_metrics_bit_for_bit(sweeps):
     only = sweeps["only"]
     assert only.ret == pytest.ExitCode.OK, only.output
-    assert "1 runs (0 resumed" in only.output
+    assert "1 run (0 resumed" in only.output
     (rerun,) = only.rows()
     original = sweeps["main"].by_run()["init:1"]
     assert rerun["run_id"] == "init:1"
@@ -341,7 +341,7 @@ def test_a_printed_run_command_leaves_the_sweep_report_alone(sweeps):
 
 
 def test_a_printed_run_command_reruns_even_where_the_sweep_ran(sweeps):
-    assert "1 runs (0 resumed" in sweeps["same_folder"].output
+    assert "1 run (0 resumed" in sweeps["same_folder"].output
 
 
 def test_bitflip_runs_record_the_nudged_weight(sweeps):

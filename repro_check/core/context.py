@@ -89,11 +89,17 @@ class RunContext:
     def seed_for(self, name: str) -> int:
         """An independent seed for one source of randomness (``init``, ``data``, ...)."""
         self.sources_used.add(name)
-        return self.plan.seed_for(name)
+        return self._note_seed(name)
+
+    def _note_seed(self, name: str) -> int:
+        """The seed of ``name``, kept in ``run_info["seeds"]``: a sweep's CSV shows each run's."""
+        seed = self.plan.seed_for(name)
+        self.run_info.setdefault("seeds", {})[name] = seed
+        return seed
 
     def seed_globals(self) -> None:
         """Seed ``random``, numpy's global RNG and torch from the ``global`` stream."""
-        seed_everything(self.plan.seed_for(GLOBAL_SOURCE))
+        seed_everything(self._note_seed(GLOBAL_SOURCE))
 
     def generator(self, name: str, device: str = "cpu") -> torch.Generator:
         """A ``torch.Generator`` seeded from ``seed_for(name)``."""
@@ -204,12 +210,29 @@ class RunContext:
         flat = tensor.reshape(-1).to(torch.float64)
         self.predictions = flat[:MAX_PREDICTIONS].tolist()
 
+    def record_outcome(
+        self,
+        name: str,
+        value: Any,
+        *,
+        higher_is_better: bool | None = None,
+        n_examples: int | None = None,
+    ) -> None:
+        """Declare a result of this run (``accuracy``, ``bleu``): only declared outcomes enter
+        a sensitivity report's tables; ``record()`` scalars such as the training loss stay
+        diagnostics. ``n_examples``: the evaluation set size of a proportion in [0, 1], for
+        the binomial noise floor and Wilson intervals. The last call per name wins."""
+        from repro_check.core.outcomes import outcome_entry
+
+        entry = outcome_entry(name, value, higher_is_better, n_examples)
+        self.run_info.setdefault("outcomes", {})[name] = entry
+
     def arm_bitflip(self, index: int) -> None:
         """Nudge one weight by one ulp just before the first forward pass: the instability
         probe of Summers & Dinneen (ICML 2021). ``index`` picks which weight, reproducibly."""
         from repro_check.core.bitflip import arm
 
-        arm(self, index)
+        arm(self.seed, index, self.run_info, self.add_cleanup)
 
     def add_cleanup(self, callback: Any) -> None:
         """Call ``callback()`` when the run closes (e.g. remove a hook it installed)."""

@@ -8,6 +8,7 @@ import os
 import pytest
 
 from repro_check.core.context import RunContext
+from repro_check.core.seeding import pairing_id, root_seed_for_test
 from repro_check.orchestration.allowance import Allowance, AllowanceError, from_ini_lines, merge
 from repro_check.orchestration.case import (
     Case,
@@ -40,9 +41,29 @@ def marker_of(item: pytest.Item) -> MarkerSettings:
     marker = item.get_closest_marker(MARKER)
     args, kwargs = (marker.args, marker.kwargs) if marker else ((), {})
     try:
-        return parse_marker(item.nodeid, args, kwargs)
+        return parse_marker(item.nodeid, args, kwargs, extra=SWEEP_KEYWORDS)
     except MarkerError as exc:
         raise pytest.UsageError(str(exc)) from None
+
+
+#: Marker keywords read by sensitivity sweeps: ``pair="name"`` gives differently named tests
+#: the same seeds (parametrized variants of one test share them without it).
+SWEEP_KEYWORDS = ("pair",)
+
+
+def pair_of(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker(MARKER)
+    pair = marker.kwargs.get("pair") if marker else None
+    if pair is not None and (not isinstance(pair, str) or not pair.strip()):
+        raise pytest.UsageError(
+            f"{item.nodeid}: @pytest.mark.repro(pair={pair!r}): pair must be a non-empty name"
+        )
+    return pair
+
+
+def sweep_root_seed(item: pytest.Item, base_seed: int) -> int:
+    """A sweep's root seed: shared by the variants of one test, or by tests with one pair."""
+    return root_seed_for_test(base_seed, pairing_id(item.nodeid, pair_of(item)))
 
 
 def replica_timeouts(items: list[pytest.Item]) -> dict[str, float | None]:

@@ -213,6 +213,19 @@ def add_options(parser: pytest.Parser) -> None:
         "the cores, and results do not depend on --repro-jobs)",
     )
     group.addoption(
+        "--repro-crossed",
+        default=None,
+        metavar="A,B",
+        help="sensitivity sweep: also run every seed of source A with every seed of B, "
+        "for a two-way variance split with their interaction",
+    )
+    group.addoption(
+        "--repro-crossed-seeds",
+        default=None,
+        metavar="KAxKB",
+        help="seeds per source of the crossed design (default KxK)",
+    )
+    group.addoption(
         "--repro-only-run",
         default=None,
         metavar="SOURCE:K",
@@ -422,7 +435,7 @@ def validate_sweep_options(config: pytest.Config) -> None:
     """Sweep options that would fail late (or silently do nothing) are refused up front."""
     address = config.getoption("repro_dask_scheduler")
     if address and config.getoption("repro_executor") == "dask":
-        from repro_check.orchestration.executor import check_scheduler
+        from repro_check.orchestration.cluster import check_scheduler
 
         try:
             check_scheduler(address)

@@ -39,6 +39,9 @@ class SeededSession:
     def replica_index(self, item: pytest.Item) -> int:
         return 0
 
+    def root_seed(self, item: pytest.Item) -> int:
+        return root_seed_for_test(self.base_seed, item.nodeid)
+
     def perturbations(self, item: pytest.Item) -> dict[str, int]:
         return {}
 
@@ -56,7 +59,7 @@ class SeededSession:
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         if not is_repro_item(item):
             return
-        plan = SeedPlan(root_seed_for_test(self.base_seed, item.nodeid), self.perturbations(item))
+        plan = SeedPlan(self.root_seed(item), self.perturbations(item))
         context = RunContext(
             plan,
             steps=steps_for(item),

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from repro_check.core.seeding import root_seed_for_test
+from repro_check.core.outcomes import outcome_specs
 from repro_check.orchestration.executor import ReplicaPool
 from repro_check.orchestration.launcher import WorkerLauncher
 from repro_check.orchestration.replicas import ReplicaSpec, RunSpec
@@ -27,13 +27,22 @@ from repro_check.orchestration.sweep import (
     DEFAULT_SOURCES,
     STORE_NAME,
     SweepStore,
+    parse_crossed,
     plan_runs,
     prediction_agreement,
     result_row,
+    run_inputs,
     runs_frame,
+    source_files_of,
     split_round_robin,
 )
-from repro_check.pytest_plugin.items import ReproFailure, is_repro_item, target_of
+from repro_check.pytest_plugin.items import (
+    ReproFailure,
+    is_repro_item,
+    steps_for,
+    sweep_root_seed,
+    target_of,
+)
 from repro_check.pytest_plugin.options import Options
 from repro_check.pytest_plugin.parent import live_progress, worker_settings
 from repro_check.pytest_plugin.seeded import SeededSession
@@ -66,7 +75,15 @@ class SensitivitySession(SeededSession):
         self.threads = int(config.getoption("repro_sweep_threads"))
         # Sweep workers use --repro-sweep-threads each (1): one worker per core fits.
         self.jobs = int(config.getoption("repro_jobs") or os.cpu_count() or 1)
-        self.runs = plan_runs(self.sources, self.k, self.only)
+        self.crossed_options = (
+            config.getoption("repro_crossed"),
+            config.getoption("repro_crossed_seeds"),
+        )
+        try:
+            crossed, shape = parse_crossed(*self.crossed_options, self.k)
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        self.runs = plan_runs(self.sources, self.k, self.only, crossed, shape)
         if not self.runs:
             raise pytest.UsageError(
                 f"--repro-only-run={self.only}: no such run; runs are named SOURCE:K with K "
@@ -79,7 +96,10 @@ class SensitivitySession(SeededSession):
         self.store = SweepStore(folder / STORE_NAME, self.base_seed)
         self.rows: list[dict[str, Any]] = []
         self.resumed = 0
-        self._done = {} if self.only else self.store.completed()
+        self._done: dict[tuple[str, str], dict[str, Any]] = {}
+        #: What decides each test's numbers (compared with stored runs on resume).
+        self.inputs: dict[str, dict[str, Any]] = {}
+        self.store_messages: list[str] = []
         self._dask: tuple[Any, Any] | None = None
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -92,9 +112,21 @@ class SensitivitySession(SeededSession):
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         if session.config.option.collectonly:
             return
-        nodeids = [item.nodeid for item in session.items if is_repro_item(item)]
+        items = [item for item in session.items if is_repro_item(item)]
+        nodeids = [item.nodeid for item in items]
         if not nodeids:
             return
+        for item in items:
+            self.inputs[item.nodeid] = run_inputs(
+                source_files=source_files_of(Path(item.path), Path(self.config.rootpath)),
+                steps=steps_for(item),
+                root_seed=sweep_root_seed(item, self.base_seed),
+                threads=self.threads,
+                deterministic=self.options.deterministic,
+            )
+        if not self.only:
+            stored = self.store.load(self.inputs, {run.run_id for run in self.runs})
+            self._done, self.store_messages = stored.done, stored.messages
         skip = [
             (nodeid, run.run_id)
             for nodeid in nodeids
@@ -155,6 +187,16 @@ class SensitivitySession(SeededSession):
                 f"--repro-sources={','.join(self.sources)}",
                 f"--repro-only-run={run.run_id}",
                 *(
+                    [f"--repro-crossed={self.crossed_options[0]}"]
+                    if self.crossed_options[0]
+                    else []
+                ),
+                *(
+                    [f"--repro-crossed-seeds={self.crossed_options[1]}"]
+                    if self.crossed_options[1]
+                    else []
+                ),
+                *(
                     [f"--repro-steps={self.config.getoption('repro_steps')}"]
                     if self.config.getoption("repro_steps") is not None
                     else []
@@ -168,7 +210,7 @@ class SensitivitySession(SeededSession):
         if not is_repro_item(pyfuncitem):
             return None
         assert self.pool is not None
-        root = root_seed_for_test(self.base_seed, pyfuncitem.nodeid)
+        root = sweep_root_seed(pyfuncitem, self.base_seed)
         failures = []
         live = live_progress(
             pyfuncitem,
@@ -190,8 +232,12 @@ class SensitivitySession(SeededSession):
                     base_seed=self.base_seed,
                     root_seed=root,
                     command=self.run_command(pyfuncitem, run),
+                    run=run,
+                    inputs=self.inputs.get(pyfuncitem.nodeid),
                 )
-                self.store.append(row)
+                note = self.store.append(row)
+                if note:
+                    self.store_messages.append(note)
             self.rows.append(row)
             if row["status"] == "failed":
                 failures.append(row)
@@ -224,7 +270,13 @@ class SensitivitySession(SeededSession):
     def analysis(self) -> Any:
         from repro_check.reporting.sensitivity import analyze
 
-        return analyze(runs_frame(self.rows), sources_unused=self.sources_unused())
+        outcomes, problems = outcome_specs(self.rows)
+        return analyze(
+            runs_frame(self.rows),
+            sources_unused=self.sources_unused(),
+            outcomes=outcomes,
+            notes=[*self.store_messages, *problems],
+        )
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.rows:

@@ -22,7 +22,7 @@ from repro_check.orchestration.guards import ProgressRecorder, WorkerGuard, watc
 from repro_check.orchestration.investigation import WHOLE_RUN
 from repro_check.orchestration.launcher import WORKER_SCHEMA
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, RunSpec
-from repro_check.pytest_plugin.items import case_for, context_key, run_key
+from repro_check.pytest_plugin.items import case_for, context_key, run_key, sweep_root_seed
 from repro_check.pytest_plugin.options import Options
 from repro_check.pytest_plugin.seeded import SeededSession, maybe_deterministic
 
@@ -86,6 +86,11 @@ class WorkerSession(SeededSession):
             import torch
 
             torch.set_num_threads(self.spec.num_threads)
+
+    def root_seed(self, item: pytest.Item) -> int:
+        if self.metrics_only:  # a sweep run: variants of one test share their seeds
+            return sweep_root_seed(item, self.base_seed)
+        return super().root_seed(item)
 
     def perturbations(self, item: pytest.Item) -> dict[str, int]:
         return dict(item.stash[run_key].perturbations)
