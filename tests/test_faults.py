@@ -33,11 +33,11 @@ from repro_check.core.spill import SpillWriter
 from repro_check.orchestration.case import Case, MarkerError, SessionSettings, parse_marker
 from repro_check.orchestration.channel import ChannelWriter
 from repro_check.orchestration.checkpoints import save_last_step
+from repro_check.orchestration.cluster import check_scheduler
 from repro_check.orchestration.executor import (
     EXIT_NO_SPACE,
     ReplicaPool,
     WorkerJob,
-    check_scheduler,
     summarize_output,
 )
 from repro_check.orchestration.investigation import parameter_order_differs

@@ -32,8 +32,6 @@ def start_dask(address: str | None, workers: int) -> tuple[Any, Any]:
             "--repro-executor=dask needs Dask: pip install 'repro-check[dask]'"
         ) from None
     if address:
-        from repro_check.orchestration.executor import check_scheduler
-
         try:
             check_scheduler(address)
         except ConnectionError as exc:
@@ -75,3 +73,30 @@ class ResourceExecutor(Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """The client belongs to the session, which closes it."""
+
+
+def check_scheduler(address: str, timeout: float = 5.0) -> None:
+    """Fail at once, with the fix, when a Dask scheduler cannot be reached (``distributed``
+    itself retries for 30 s and then fails mid-session); schemes other than tcp/tls are left
+    to Dask."""
+    import socket
+    from urllib.parse import urlsplit
+
+    where = f"--repro-dask-scheduler={address}"
+    parts = urlsplit(address if "://" in address else f"tcp://{address}")
+    if parts.scheme not in ("tcp", "tls"):
+        return
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number
+        host, port = None, None
+    if not host or port is None:
+        raise ConnectionError(f"{where}: expected HOST:PORT, e.g. tcp://10.0.0.5:8786")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ConnectionError(
+            f"{where}: cannot reach the Dask scheduler ({exc.strerror or exc}); start it "
+            f"(dask scheduler) or leave the option out to run a local cluster"
+        ) from None

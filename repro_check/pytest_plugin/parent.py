@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shlex
 import sys
-import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, nullcontext
 from functools import partial
@@ -21,7 +20,6 @@ import pytest
 
 from repro_check.core.paths import NoSpaceError, UnsafePathError, id_to_name, inside
 from repro_check.core.record import Recorder
-from repro_check.core.spill import SpillWriter
 from repro_check.orchestration.case import SessionSettings
 from repro_check.orchestration.executor import ReplicaPool
 from repro_check.orchestration.gate import BaselineGate
@@ -33,14 +31,13 @@ from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, defau
 from repro_check.orchestration.variant_stage import VariantStage
 from repro_check.orchestration.verdict import SKIPPED
 from repro_check.pytest_plugin.catalog import noting_reference
+from repro_check.pytest_plugin.inprocess import InProcessReplicas, last_replica_error
 from repro_check.pytest_plugin.items import (
     ReproFailure,
     case_for,
-    context_key,
     is_repro_item,
     replica_key,
     replica_timeouts,
-    started_key,
 )
 from repro_check.pytest_plugin.options import CACHE_KEY, Options
 from repro_check.pytest_plugin.resume import SessionResumes
@@ -53,8 +50,6 @@ from repro_check.pytest_plugin.variants import (
     variant_options,
 )
 from repro_check.pytest_plugin.worker import (
-    ParentChain,
-    outcome_of,
     runtime_snapshot,
     runtime_summary,
 )
@@ -209,9 +204,9 @@ class ParentSession(SeededSession):
         self.pool: ReplicaPool | None = None
         self._live: LiveProgress | None = None  # progress of the test being judged
         self.launcher.on_wait = self._tick
-        #: In-process mode: replica 0's result, and the first replica that differs from it.
-        self._inprocess_results: dict[str, list[ReplicaResult]] = {}
-        self._spills: dict[int, SpillWriter] = {}
+        self.inprocess = InProcessReplicas(
+            len(self.specs), self.launcher.tmpdir, options.spill_bytes
+        )
         #: Every test collected or deselected: a baseline of one of them is not "unused".
         self._known: set[str] = set()
         self._guards = ExitStack()
@@ -331,72 +326,21 @@ class ParentSession(SeededSession):
     def make_recorder(self, item: pytest.Item) -> Recorder | None:
         if self.subprocess:
             return None  # the parent does not run the body; the workers record
-        index = self.replica_index(item)
-        if index not in self._spills:
-            path = self.launcher.tmpdir / f"inprocess-{index}.bin"
-            self._spills[index] = SpillWriter(path, self.options.spill_bytes)
-        return Recorder(self._spills[index])
+        return self.inprocess.recorder(self.replica_index(item))
 
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
         if self.subprocess or not is_repro_item(item):
             return None
-        from _pytest.runner import runtestprotocol
-
-        keep_parents = ParentChain(item.listchain()[:-1])
         self._running_item = item
-        self._inprocess_results[item.nodeid] = []
-        for index in range(len(self.specs) - 1):
-            item.stash[replica_key] = index
-            started = time.perf_counter()
-            reports = runtestprotocol(item, log=False, nextitem=keep_parents)  # type: ignore[arg-type]
-            self._keep(item.nodeid, self._inprocess_result(item, index, reports, started))
-        item.stash[replica_key] = len(self.specs) - 1
-        item.stash[started_key] = time.perf_counter()
+        self.inprocess.run_all_but_last(item)
         return None  # the default protocol runs (and reports) the last replica
-
-    def _keep(self, nodeid: str, result: ReplicaResult) -> None:
-        """Hold at most two replicas' records: replica 0, and the first one that differs from it
-        (or fails). A later identical replica adds nothing to the verdict."""
-        from repro_check.core.compare import compare_runs
-
-        kept = self._inprocess_results[nodeid]
-        if len(kept) >= 2:
-            kept[-1].duration += result.duration
-            return
-        if (
-            kept
-            and result.outcome == "passed"
-            and kept[0].outcome == "passed"
-            and kept[0].record is not None
-            and result.record is not None
-            and compare_runs(kept[0].record, result.record).identical
-        ):
-            kept[0].duration += result.duration
-            return
-        kept.append(result)
-
-    def _inprocess_result(
-        self, item: pytest.Item, index: int, reports: list[pytest.TestReport], started: float
-    ) -> ReplicaResult:
-        context = item.stash.get(context_key, None)
-        outcome, error = outcome_of(reports)
-        return ReplicaResult(
-            item.nodeid,
-            index,
-            outcome,
-            error,
-            time.perf_counter() - started,
-            record=context.close() if context else None,
-            sources_used=sorted(context.sources_used) if context else [],
-            environment=runtime_snapshot() if index == 0 else {},
-            run_info=context.run_info if context else {},
-        )
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
-        last = len(self.specs) - 1
         judged_here = (
-            not self.subprocess and is_repro_item(item) and self.replica_index(item) == last
+            not self.subprocess
+            and is_repro_item(item)
+            and self.replica_index(item) == self.inprocess.last
         )
         error = ""
         try:
@@ -404,16 +348,9 @@ class ParentSession(SeededSession):
         except Exception:  # the last replica raised: judged like any replica (skips pass through)
             if not judged_here:
                 raise
-            import traceback
-
-            error, result = traceback.format_exc(limit=-8), None
+            error, result = last_replica_error(), None
         if judged_here:
-            started = item.stash.get(started_key, time.perf_counter())
-            last_result = self._inprocess_result(item, last, [], started)
-            if error:
-                last_result.outcome, last_result.error = "failed", error
-            self._keep(item.nodeid, last_result)
-            self._judge(item, self._inprocess_results.pop(item.nodeid, []))
+            self._judge(item, self.inprocess.finish(item, error))
         return result
 
     # --- verdicts
@@ -448,7 +385,7 @@ class ParentSession(SeededSession):
 
         for line, markup in variant_lines(self.report.verdicts):
             terminalreporter.write_line(line, **markup)
-        for path in self._unused_baselines():
+        for path in unused_baselines(self.config, self.gate, self._known):
             terminalreporter.write_line(
                 f"unused baseline (no collected test uses it; delete it if the test is gone): "
                 f"{_shown(path, self.config)}",
@@ -465,8 +402,7 @@ class ParentSession(SeededSession):
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.pool is not None:
             self.pool.close()
-        for spill in self._spills.values():
-            spill.close()
+        self.inprocess.close()
         if getattr(self.config, "cache", None) is not None:
             self.config.cache.set(CACHE_KEY, self.base_seed)
         workeroutput = getattr(self.config, "workeroutput", None)
@@ -481,7 +417,7 @@ class ParentSession(SeededSession):
             write_step_summary(self.report.verdicts)
         if self.report.verdicts and self.options.report_dir is not None:
             self.report.write_files(
-                self.options.report_dir, self.session_info(), self.config.rootpath
+                self.options.report_dir, session_info(self), self.config.rootpath
             )
 
     @pytest.hookimpl(optionalhook=True)
@@ -496,35 +432,6 @@ class ParentSession(SeededSession):
         self._known.update(output.get("repro_collected", []))
         self.key_tables.update(output.get("repro_key_tables", {}))
 
-    def _unused_baselines(self) -> list[Path]:
-        """Like syrupy's unused snapshots -- only when whole files were collected unfiltered."""
-        from repro_check.orchestration.baseline import find_unused
-
-        option = self.config.option
-        filtered = (
-            getattr(option, "keyword", "")
-            or getattr(option, "markexpr", "")
-            or any("::" in str(arg) for arg in self.config.args)
-        )
-        if filtered or self.gate is None or not self.gate.used:
-            return []
-        # A test that was collected but did not run now (skipped, deselected) keeps its baseline.
-        kept = {self.gate.path_for(nodeid) for nodeid in self._known} | self.gate.used
-        return find_unused({p.parent for p in self.gate.used}, kept)
-
-    def session_info(self) -> dict[str, Any]:
-        args = self.config.invocation_params.args
-        return {
-            "command": " ".join(["pytest", *map(shlex.quote, args)]),
-            "base_seed": self.base_seed,
-            "runs": self.options.runs,
-            "mode": self.options.mode,
-            "deterministic": self.options.deterministic,
-            "replicas": [spec.to_json() for spec in self.specs],
-            "environment": runtime_summary(),
-            "environment_file": "environment.json",
-        }
-
     def pytest_unconfigure(self) -> None:
         self.cluster.close()
         self._guards.close()
@@ -538,6 +445,40 @@ class ParentSession(SeededSession):
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if not self.subprocess:
             self._guards.enter_context(on_interpreter_exit(partial(report_interpreter_exit, self)))
+
+
+def unused_baselines(
+    config: pytest.Config, gate: BaselineGate | None, known: set[str]
+) -> list[Path]:
+    """Like syrupy's unused snapshots -- only when whole files were collected unfiltered."""
+    from repro_check.orchestration.baseline import find_unused
+
+    option = config.option
+    filtered = (
+        getattr(option, "keyword", "")
+        or getattr(option, "markexpr", "")
+        or any("::" in str(arg) for arg in config.args)
+    )
+    if filtered or gate is None or not gate.used:
+        return []
+    # A test that was collected but did not run now (skipped, deselected) keeps its baseline.
+    kept = {gate.path_for(nodeid) for nodeid in known} | gate.used
+    return find_unused({p.parent for p in gate.used}, kept)
+
+
+def session_info(session: ParentSession) -> dict[str, Any]:
+    """The session facts report.json keeps: command, seeds, replicas, environment summary."""
+    args = session.config.invocation_params.args
+    return {
+        "command": " ".join(["pytest", *map(shlex.quote, args)]),
+        "base_seed": session.base_seed,
+        "runs": session.options.runs,
+        "mode": session.options.mode,
+        "deterministic": session.options.deterministic,
+        "replicas": [spec.to_json() for spec in session.specs],
+        "environment": runtime_summary(),
+        "environment_file": "environment.json",
+    }
 
 
 def report_interpreter_exit(session: ParentSession, status: int) -> None:
@@ -557,7 +498,7 @@ def report_interpreter_exit(session: ParentSession, status: int) -> None:
     written = ""
     if session.report.verdicts and session.options.report_dir is not None:
         session.report.write_files(
-            session.options.report_dir, session.session_info(), session.config.rootpath
+            session.options.report_dir, session_info(session), session.config.rootpath
         )
         written = f"\nrepro-check: report written to {session.options.report_dir}"
     capman = session.config.pluginmanager.getplugin("capturemanager")
