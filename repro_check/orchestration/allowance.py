@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 BOUND_NAMES = ("atol", "rtol")
@@ -32,6 +32,8 @@ class Allowance:
     why: str
     atol: float | None = None
     rtol: float | None = None
+    #: The rationale as the user wrote it (the sugar form), shown instead of a re-rendering.
+    text: str = field(default="", compare=False)
 
     def covers(self, op: str) -> bool:
         def base(name: str) -> str:
@@ -40,6 +42,8 @@ class Allowance:
         return bool(op) and base(self.op) == base(op)
 
     def describe(self) -> str:
+        if self.text:
+            return self.text
         bounds = [f"{n}={getattr(self, n):g}" for n in BOUND_NAMES if getattr(self, n) is not None]
         return "; ".join([self.why, *bounds]) if bounds else self.why
 
@@ -85,7 +89,8 @@ def parse_rationale(op: str, text: str, where: str) -> Allowance:
         if words and words not in ("bounded by", "within"):
             prose.append(words)
     reason = "; ".join(p for p in prose if p).rstrip(".")
-    return _checked(Allowance(op, reason, bounds.get("atol"), bounds.get("rtol")), where)
+    allowance = Allowance(op, reason, bounds.get("atol"), bounds.get("rtol"), text=str(text).strip())
+    return _checked(allowance, where)
 
 
 def _checked(allowance: Allowance, where: str) -> Allowance:

@@ -86,6 +86,9 @@ class CatalogRecorder:
         except (CatalogError, OSError, ValueError) as exc:
             self.error = f"repro-check: run {self.run_id} was not completed in the catalog: {exc}"
 
+    @pytest.hookimpl(
+        trylast=True
+    )  # after the repro summary: a failure's text ends with its command
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if self.error:
             terminalreporter.write_line(self.error, yellow=True)
