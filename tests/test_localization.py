@@ -16,49 +16,29 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from pytest_runs import Finished, clean_env
-
-ROOT = Path(__file__).resolve().parent.parent
-SUITES = ROOT / "suites"
-PLANTED = SUITES / "nondeterministic"
-NO_BASELINE = "--repro-baseline=off"
-
-INDEX_PUT = "suites/nondeterministic/test_index_put_accumulate.py::test_index_put_accumulate"
-PUT = "suites/nondeterministic/test_put_duplicates.py::test_put_with_duplicate_indices"
-INDEX_COPY = (
-    "suites/nondeterministic/test_index_copy_duplicates.py::test_index_copy_with_duplicate_indices"
-)
-DATA_PIPELINE = "suites/nondeterministic/test_data_pipeline.py::test_worker_seeded_from_pid"
-CONTROL_FLOW = "suites/nondeterministic/test_control_flow.py::test_branch_on_unseeded_choice"
-UNSEEDED = "suites/nondeterministic/test_unseeded_numpy.py::test_unseeded_numpy_data"
-SET_ITERATION = "suites/nondeterministic/test_set_iteration.py::test_vocabulary_from_set"
-LATE = "suites/nondeterministic/test_late_divergence.py::test_divergence_after_first_epoch"
-PLANTED_TESTS = {
-    INDEX_PUT,
-    PUT,
-    INDEX_COPY,
-    DATA_PIPELINE,
+from pytest_runs import Finished
+from suite_sessions import (
+    ALLOWED_SUITE,
     CONTROL_FLOW,
-    UNSEEDED,
-    SET_ITERATION,
+    DATA_PIPELINE,
+    INDEX_COPY,
+    INDEX_PUT,
     LATE,
-}
-#: Suites whose race is intermittent on 2 threads (index_put's shows every time in practice).
-RACY = {PUT, INDEX_COPY}
-ALLOWED_SUITE = "suites/test_allowed_nondeterminism.py"
-SEGMENTATION = "suites/test_segmentation_head.py"
+    PLANTED_TESTS,
+    PUT,
+    RACY,
+    ROOT,
+    SEGMENTATION,
+    SET_ITERATION,
+    UNSEEDED,
+    file_of,
+)
 
 #: Notes localize_from_reruns adds when an intermittent op did not part where it was traced.
 INTERMITTENT_NOTES = ("did not diverge this time", "already parted at step")
-
-
-def file_of(nodeid: str) -> str:
-    return nodeid.split("::")[0]
 
 
 def line_of(relative: str, needle: str, occurrence: int = 0) -> int:
@@ -77,67 +57,9 @@ def at_line(relative: str, needle: str, occurrence: int = 0) -> str:
 # ----------------------------------------------------------------------------- sessions
 
 
-#: A known-nondeterminism suite variant whose allowance is rewritten (built from the real suite).
-VARIANTS = {
-    "test_allow_other_op.py": ('"aten::index_put":', '"aten::put_":'),
-    "test_allow_tiny_atol.py": ("atol=1e-4", "atol=1e-30"),
-}
-
-
 @pytest.fixture(scope="module")
-def sessions(tmp_path_factory) -> dict[str, Finished]:
-    """Every session of this file, started at once; the planted suites run exactly once."""
-    reports = tmp_path_factory.mktemp("localization")
-    variants = tmp_path_factory.mktemp("allow-variants")
-    allowed_text = (ROOT / ALLOWED_SUITE).read_text(encoding="utf-8")
-    for name, (old, new) in VARIANTS.items():
-        assert old in allowed_text, f"{ALLOWED_SUITE} no longer contains {old!r}"
-        (variants / name).write_text(allowed_text.replace(old, new), encoding="utf-8")
-
-    common = ["-p", "no:cacheprovider", "-p", "no:randomly"]
-    commands = {
-        # the classic divergences only (the folder also plants resume and variant bugs, whose
-        # own tests run them)
-        "planted": (ROOT, ["--repro", *sorted({file_of(t) for t in PLANTED_TESTS}), NO_BASELINE]),
-        # one session for two options: the racy suites pass in deterministic mode, and the
-        # unseeded one (not fixed by it) still fails, with localisation turned off
-        "deterministic_never": (
-            ROOT,
-            [
-                "--repro",
-                "--repro-deterministic",
-                "--repro-localize=never",
-                NO_BASELINE,
-                file_of(INDEX_PUT),
-                file_of(PUT),
-                file_of(UNSEEDED),
-            ],
-        ),
-        "audit": (ROOT, ["--repro-audit", SEGMENTATION]),
-        "allowed": (ROOT, ["--repro", ALLOWED_SUITE, NO_BASELINE]),
-        "variants": (variants, ["--repro", NO_BASELINE]),
-    }
-    processes = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "pytest", *args, *common, f"--repro-report={reports / name}"],
-            cwd=cwd,
-            env=clean_env(PYTHONPATH=str(ROOT)),  # the copied suite imports suites.training
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for name, (cwd, args) in commands.items()
-    }
-    finished = {}
-    for name, process in processes.items():
-        try:
-            output, _ = process.communicate(timeout=540)
-        except subprocess.TimeoutExpired:
-            for other in processes.values():
-                other.kill()
-            raise
-        finished[name] = Finished(process.returncode, output, reports / name)
-    return finished
+def sessions(suite_sessions) -> dict[str, Finished]:
+    return suite_sessions
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,17 @@
 """The real suites, end to end: the planted failures are caught where they were planted, the
 reference suites are reproducible, and without ``--repro`` the planted files are not collected.
 
-The three pytest sessions are independent, so they run concurrently (one fixture, three fresh
-processes) from the repository root, exactly as a user runs them.
+The sessions are fresh processes started from the repository root, exactly as a user runs them,
+shared with test_localization.py (tests/suite_sessions.py).
 """
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from pytest_runs import Finished, clean_env
+from pytest_runs import Finished
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANTED = ROOT / "suites" / "nondeterministic"
@@ -47,38 +45,10 @@ def epoch_steps() -> int:
 
 
 @pytest.fixture(scope="module")
-def sessions(tmp_path_factory) -> dict[str, Finished]:
-    reports = tmp_path_factory.mktemp("suite-reports")
-    env = clean_env()
-    common = ["-p", "no:cacheprovider", "-p", "no:randomly"]
-    commands = {
-        "planted": ["--repro", *PLANTED_FILES, *common, f"--repro-report={reports / 'planted'}"],
-        "named_folder": ["--collect-only", "-q", "suites/nondeterministic/", *common],
-        "reference": ["--repro", "suites/", *common, f"--repro-report={reports / 'reference'}"],
-        "plain": ["suites/", *common, "-v"],
-    }
-    processes = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "pytest", *args],
-            cwd=ROOT,
-            env=env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for name, args in commands.items()
-    }
-    finished = {}
-    for name, process in processes.items():
-        try:
-            output, _ = process.communicate(timeout=480)
-        except subprocess.TimeoutExpired:
-            for other in processes.values():
-                other.kill()
-            raise
-        report_dir = reports / name if name in ("planted", "reference") else None
-        finished[name] = Finished(process.returncode, output, report_dir)
-    return finished
+def sessions(suite_sessions) -> dict[str, Finished]:
+    """The shared sessions (tests/suite_sessions.py): the planted suites run once for this file
+    and test_localization.py."""
+    return suite_sessions
 
 
 # ----------------------------------------------------------------------------- planted
@@ -86,12 +56,13 @@ def sessions(tmp_path_factory) -> dict[str, Finished]:
 
 def test_every_planted_test_fails(sessions):
     planted = sessions["planted"]
-    assert re.search(r"\b4 failed in\b", planted.output), planted.output
     assert planted.ret == pytest.ExitCode.TESTS_FAILED
     tests = planted.tests()
-    assert set(tests) == {UNSEEDED, INDEX_PUT, LATE, SET_ITERATION}
-    assert all(test["status"] == "diverged" for test in tests.values())
-    assert planted.report()["totals"] == {**planted.report()["totals"], "tests": 4, "failed": 4}
+    these = {UNSEEDED, INDEX_PUT, LATE, SET_ITERATION}  # not thread races: they always part
+    assert these <= set(tests)
+    assert all(tests[nodeid]["status"] == "diverged" for nodeid in these)
+    totals = planted.report()["totals"]
+    assert totals["tests"] == len(tests) and totals["failed"] >= len(these)
 
 
 def test_unseeded_numpy_diverges_at_step_0(sessions):
@@ -146,7 +117,7 @@ def test_set_iteration_is_diagnosed_as_process_level_state(sessions):
 def test_planted_summary_table(sessions):
     output = sessions["planted"].output
     summary = output.split("repro summary", 1)[1]
-    assert "4 tests: 4 not reproducible;" in summary
+    assert re.search(r"\n\d+ tests: \d+ not reproducible", summary)
     assert re.search(re.escape(UNSEEDED) + r" .* diverged .*step 0: model\.fc1\.weight", summary)
     assert re.search(re.escape(LATE) + r" .* diverged .*step 4: model\.fc1\.weight", summary)
 
