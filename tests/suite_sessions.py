@@ -90,7 +90,8 @@ def start_sessions(tmp_path_factory) -> dict[str, Finished]:
         "variants": (variants, ["--repro", NO_BASELINE]),
         # what a user runs: the reference suites against their baselines, plain pytest, and
         # the planted folder collected only when named
-        "reference": (ROOT, ["--repro", "suites/"]),
+        # (the variants suite's backends are exercised by tests/test_variants.py)
+        "reference": (ROOT, ["--repro", "suites/", "--repro-variants=none"]),
         "plain": (ROOT, ["suites/", "-v"]),
         "named_folder": (ROOT, ["--collect-only", "-q", "suites/nondeterministic/"]),
     }

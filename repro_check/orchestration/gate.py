@@ -68,6 +68,7 @@ class BaselineGate:
                 reference.record,
                 snapshot,
                 (case.atol, case.rtol),
+                fp64_record=verdict.variants.fp64_record if verdict.variants else None,
             )
             try:
                 bl.write_baseline(path, document)

@@ -109,12 +109,14 @@ class VerdictPipeline:
             verdict.resume = judge_resume(case.resume_at, *self.resumer(case))
             if verdict.resume.failed:
                 verdict.status = RESUME_MISMATCH
+        if self.variants is not None and variant_results is not None:
+            self.variants.stage(case, verdict, variant_results)
+        # After the variants: a float64 variant's record goes into a baseline being written, so
+        # that later tolerance checks use the float64 rule.
         if verdict.status in (IDENTICAL, SINGLE, ALLOWED) and self.gate is not None:
             reference = verdict.reference
             assert reference is not None
             self.gate.stage(case, verdict, reference.environment or self.snapshot())
-        if self.variants is not None and variant_results is not None:
-            self.variants.stage(case, verdict, variant_results)
         if self.records_dir is not None and verdict.reference is not None:
             from repro_check.orchestration.records import save_for_later
 
