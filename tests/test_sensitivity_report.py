@@ -18,6 +18,7 @@ import scipy.stats
 
 from repro_check.core import stats
 from repro_check.core.atomic import read_json
+from repro_check.core.paths import id_to_name
 from repro_check.reporting import sensitivity as sr
 from repro_check.reporting.sensitivity.latex import PREAMBLE as LATEX_PREAMBLE
 
@@ -367,13 +368,15 @@ def test_files_written(report_dir):
     assert {"sensitivity.md", "sensitivity.tex", "runs.csv", "sensitivity.json"} <= names
     assert all(p.exists() and p.parent == out for p in paths)
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
-    slug = "tests_test_train.py_test_mlp_adam_lr_1e-3"
+    # file names follow the project's one id-to-path rule (core/paths.id_to_name)
+    slug = id_to_name("tests/test_train.py::test_mlp[adam_lr=1e-3]", 80)
     for metric in ("loss", "accuracy"):
         assert f"{slug}__{metric}__sources.png" in names
         assert f"{slug}__{metric}__expected_max.png" in names
     # the single-run CNN gets a strip plot, no expected-max curve (one budget only)
-    assert "tests_test_train.py_test_cnn__loss__sources.png" in names
-    assert "tests_test_train.py_test_cnn__loss__expected_max.png" not in names
+    cnn = id_to_name("tests/test_train.py::test_cnn", 80)
+    assert f"{cnn}__loss__sources.png" in names
+    assert f"{cnn}__loss__expected_max.png" not in names
 
 
 def test_markdown(report_dir, analysis):
@@ -483,12 +486,12 @@ def test_json(report_dir, analysis):
     loss = next(m for m in mlp["metrics"] if m["name"] == "loss")
     init = next(r for r in loss["sources"] if r["source"] == "init")
     assert init["mean"] == pytest.approx(analysis.row(MLP, "loss", "init")["mean"])
-    assert init["noise_floor"] is None  # NaN -> null
+    assert init["noise_floor"] == "nan"  # the project's JSON policy for non-finite floats
     assert loss["higher_is_better"] is False
     assert len(loss["expected_max"]["budgets"]) == 8
     assert mlp["disagreement"]["init"]["pairs"] == 28
     cnn_all = doc["tests"][1]["metrics"][0]["sources"][-1]
-    assert cnn_all["std"] is None and cnn_all["recommended_runs"] is None
+    assert cnn_all["std"] == "nan" and cnn_all["recommended_runs"] is None  # not computed
     assert len(doc["runs"]) == 34 and doc["runs_file"] == "runs.csv"
     assert {w["kind"] for w in doc["warnings"]} >= {"no-spread", "unused-source", "failed-runs"}
     assert doc["session"]["environment_file"] == "environment.json"

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from repro_check.core.atomic import atomic_write_text, write_json
+from repro_check.core.atomic import atomic_write_text, encode_float, write_json
 from repro_check.reporting.sensitivity.compare import decision_rule
 from repro_check.reporting.sensitivity.format import nodeid_slugs
 from repro_check.reporting.sensitivity.latex import latex_tables
@@ -78,7 +77,8 @@ def write_report(
 
 
 def _jsonable(obj: Any) -> Any:
-    """Plain JSON types; NaN -> null, +-inf -> "inf"/"-inf" (JSON has neither)."""
+    """Plain JSON types; non-finite floats by the project's one policy (atomic.encode_float:
+    "nan", "inf", "-inf"), so an undefined statistic (the std of one run) reads "nan"."""
     if obj is None or isinstance(obj, (bool, str)):
         return obj
     if isinstance(obj, np.bool_):
@@ -86,12 +86,7 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, (int, np.integer)):
         return int(obj)
     if isinstance(obj, (float, np.floating)):
-        x = float(obj)
-        if math.isnan(x):
-            return None
-        if math.isinf(x):
-            return "inf" if x > 0 else "-inf"
-        return x
+        return encode_float(float(obj))
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset, np.ndarray)):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
-import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from repro_check.core.paths import id_to_name
 from repro_check.reporting.sensitivity.model import REFERENCE_SOURCE
 
 if TYPE_CHECKING:
@@ -103,24 +102,13 @@ def md_code(text: Any) -> str:
 
 
 def file_slug(text: str, limit: int = 80) -> str:
-    """``text`` with every character outside ``[A-Za-z0-9_.-]`` as ``_``; hashed past ``limit``."""
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "x"
-    if len(name) > limit:
-        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
-        name = f"{name[: limit - 9]}-{digest}"
-    return name
+    """A file name for ``text`` by the project's one id-to-path rule (core/paths: injective,
+    the text itself when it is a safe name, else a cleaned prefix and a hash)."""
+    return id_to_name(text, limit)
 
 
 def nodeid_slugs(tests: Sequence[str]) -> dict[str, str]:
-    slugs: dict[str, str] = {}
-    used: set[str] = set()
-    for test in tests:
-        name = file_slug(test)
-        if name in used:
-            name = f"{name}-{hashlib.sha1(test.encode('utf-8')).hexdigest()[:8]}"
-        used.add(name)
-        slugs[test] = name
-    return slugs
+    return {test: file_slug(test) for test in tests}
 
 
 def bracket(fmt: Any, low: Any, high: Any) -> str:
