@@ -29,6 +29,13 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def side_by_side_env(**extra: str) -> dict[str, str]:
+    """clean_env() with one torch thread per replica, so that a session's two replicas run side
+    by side on a 2-core machine (repro-check only runs them together when the cores allow for
+    their threads). For tests whose subject is not thread-count drift or a thread race."""
+    return clean_env(**{"OMP_NUM_THREADS": "1", **extra})
+
+
 def failure_section(output: str, test: str) -> str:
     """The text of one test's entry in the FAILURES section of ``output``."""
     header = re.compile(r"_{3,} " + re.escape(test) + r" _{3,}")

@@ -23,7 +23,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from pytest_runs import clean_env, failure_section
+from pytest_runs import clean_env, failure_section, side_by_side_env
 
 from repro_check.core.atomic import StoredFileError
 from repro_check.core.record import Recorder, RunRecord
@@ -82,7 +82,7 @@ def run_pytest(path: Path, *args: str, timeout: float = 300, **env: str) -> Sess
     process = subprocess.run(
         [sys.executable, "-m", "pytest", *args],
         cwd=path,
-        env=clean_env(**env),
+        env=side_by_side_env(**env),
         capture_output=True,
         text=True,
         timeout=timeout,
