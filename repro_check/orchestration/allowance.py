@@ -89,7 +89,9 @@ def parse_rationale(op: str, text: str, where: str) -> Allowance:
         if words and words not in ("bounded by", "within"):
             prose.append(words)
     reason = "; ".join(p for p in prose if p).rstrip(".")
-    allowance = Allowance(op, reason, bounds.get("atol"), bounds.get("rtol"), text=str(text).strip())
+    allowance = Allowance(
+        op, reason, bounds.get("atol"), bounds.get("rtol"), text=str(text).strip()
+    )
     return _checked(allowance, where)
 
 
