@@ -31,10 +31,11 @@ def test_tiny(repro):
 """
 
 
-def sweep(tmp_path: Path, executor: str) -> list[dict]:
-    (tmp_path / "test_tiny.py").write_text(SWEEP_TEST)
-    report = tmp_path / f"report-{executor}"
-    result = subprocess.run(
+def start_sweep(folder: Path, executor: str) -> tuple[subprocess.Popen, Path]:
+    folder.mkdir()
+    (folder / "test_tiny.py").write_text(SWEEP_TEST)
+    report = folder / f"report-{executor}"
+    process = subprocess.Popen(
         [
             sys.executable,
             "-m",
@@ -49,19 +50,24 @@ def sweep(tmp_path: Path, executor: str) -> list[dict]:
             "no:cacheprovider",
             "-q",
         ],
-        cwd=tmp_path,
-        capture_output=True,
+        cwd=folder,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=300,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    return process, report
+
+
+def sweep_rows(process: subprocess.Popen, report: Path) -> list[dict]:
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-5000:]
     lines = (report / "sensitivity" / "runs.jsonl").read_text().splitlines()
     return sorted((json.loads(line) for line in lines), key=lambda row: row["run_id"])
 
 
 def test_dask_local_cluster_gives_the_same_runs_as_local_processes(tmp_path):
-    on_dask = sweep(tmp_path, "dask")
-    local = sweep(tmp_path, "local")
+    started = {name: start_sweep(tmp_path / name, name) for name in ("dask", "local")}  # at once
+    on_dask, local = (sweep_rows(*started[name]) for name in ("dask", "local"))
     assert [r["run_id"] for r in on_dask] == ["all:0", "all:1", "init:0", "init:1"]
     assert all(r["status"] == "ok" for r in on_dask)
     # Same seeds, same machine: every run's metrics are bit-for-bit those of the local pool.

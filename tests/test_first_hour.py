@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 import pty
 import re
@@ -716,7 +717,8 @@ def test_first_run_of_a_new_test_e2e(sessions):
     assert text.strip().splitlines()[-1].strip() == (
         "pytest --repro --repro-update --repro-seed=0 test_new.py::test_new"
     )
-    summary = first.output.split("repro summary", 1)[1]
+    # the repro summary section only (under CI=true pytest's own short summary repeats errors whole)
+    summary = first.output.split("repro summary", 1)[1].split("short test summary info", 1)[0]
     assert "2 tests: 1 raised an error, 1 baseline missing;" in summary
     assert "\n  pytest --repro --repro-update --repro-seed=0 test_new.py::test_new\n" in summary
     assert re.search(r"test_new\.py::test_broken .* ValueError: bad shape: expected", summary)
@@ -783,3 +785,50 @@ def test_readme_walks_a_new_test_from_its_first_run_to_a_committed_baseline():
         assert needed in readme, needed
     summary = readme.split("repro summary", 1)[1]
     assert re.search(r"\d+ tests: \d+ reproducible", summary)
+
+
+# ----------------------------------------------------------------------------- fewer steps
+
+STEPS_TEST = """
+import pytest
+import torch
+
+
+@pytest.mark.repro(steps=6)
+def test_steps(repro):
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(repro.steps):
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        repro.record(step, model=model, loss=loss)
+"""
+
+
+def test_fewer_steps_than_the_baseline_compares_the_common_steps_e2e(tmp_path):
+    """``--repro-steps=3`` against a 6-step baseline: nothing changed, so it passes on the
+    common steps and says the counts differ -- it never blames the code or the data."""
+    (tmp_path / "test_steps.py").write_text(STEPS_TEST)
+    common = ["--repro", "--repro-mode=inprocess", "-p", "no:cacheprovider", "-p", "no:randomly"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pytest", *common, *args],
+            cwd=tmp_path,
+            env=clean_env(),
+            text=True,
+            capture_output=True,
+            timeout=300,
+        )
+
+    written = run("--repro-update")
+    assert written.returncode == 0, written.stdout
+    shorter = run("--repro-steps=3")
+    assert shorter.returncode == 0, shorter.stdout
+    assert "match (bitwise; 3 of 6 steps)" in shorter.stdout
+    assert "changed the numbers" not in shorter.stdout
+    report = json.loads((tmp_path / "reports" / "report.json").read_text())
+    [test] = report["tests"]
+    assert "the step counts differ (baseline 6 steps 0..5, this run 3 0..2)" in json.dumps(test)
