@@ -58,16 +58,58 @@ VARIANTS = {
 PLANTED_FILES = sorted({file_of(t) for t in PLANTED_TESTS})
 
 
-def start_sessions(tmp_path_factory) -> dict[str, Finished]:
-    """Every session, started at once; each report in its own folder."""
-    reports = tmp_path_factory.mktemp("suite-sessions")
-    variants = tmp_path_factory.mktemp("allow-variants")
-    allowed_text = (ROOT / ALLOWED_SUITE).read_text(encoding="utf-8")
-    for name, (old, new) in VARIANTS.items():
-        assert old in allowed_text, f"{ALLOWED_SUITE} no longer contains {old!r}"
-        (variants / name).write_text(allowed_text.replace(old, new), encoding="utf-8")
-    common = ["-p", "no:cacheprovider", "-p", "no:randomly"]
-    commands = {
+class Launched:
+    """The suite sessions, running: each writes its output to a file (a pipe nobody reads yet
+    would fill up and stall it)."""
+
+    def __init__(self, base: Path) -> None:
+        self.reports = base / "reports"
+        variants = base / "allow-variants"
+        variants.mkdir(parents=True)
+        allowed_text = (ROOT / ALLOWED_SUITE).read_text(encoding="utf-8")
+        for name, (old, new) in VARIANTS.items():
+            assert old in allowed_text, f"{ALLOWED_SUITE} no longer contains {old!r}"
+            (variants / name).write_text(allowed_text.replace(old, new), encoding="utf-8")
+        self.processes: dict[str, tuple[subprocess.Popen, Path]] = {}
+        for name, (cwd, args) in commands(variants).items():
+            log = base / f"{name}.log"
+            with open(log, "w", encoding="utf-8") as output:
+                self.processes[name] = (
+                    subprocess.Popen(
+                        [sys.executable, "-m", "pytest", *args, *COMMON]
+                        + [f"--repro-report={self.reports / name}"],
+                        cwd=cwd,
+                        env=clean_env(PYTHONPATH=str(ROOT)),  # a copied suite imports suites.*
+                        stdout=output,
+                        stderr=subprocess.STDOUT,
+                    ),
+                    log,
+                )
+
+    def collect(self, timeout: float = 900) -> dict[str, Finished]:
+        finished = {}
+        for name, (process, log) in self.processes.items():
+            try:
+                process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                raise
+            output = log.read_text(encoding="utf-8", errors="replace")
+            finished[name] = Finished(process.returncode, output, self.reports / name)
+        return finished
+
+    def kill(self) -> None:
+        for process, _ in self.processes.values():
+            if process.poll() is None:
+                process.kill()
+
+
+COMMON = ["-p", "no:cacheprovider", "-p", "no:randomly"]
+
+
+def commands(variants: Path) -> dict[str, tuple[Path, list[str]]]:
+    """Each session: where it runs and its arguments."""
+    return {
         # the classic divergences (the folder also plants resume and variant bugs, which their
         # own tests run)
         "planted": (ROOT, ["--repro", *PLANTED_FILES, NO_BASELINE]),
@@ -95,24 +137,3 @@ def start_sessions(tmp_path_factory) -> dict[str, Finished]:
         "plain": (ROOT, ["suites/", "-v"]),
         "named_folder": (ROOT, ["--collect-only", "-q", "suites/nondeterministic/"]),
     }
-    processes = {
-        name: subprocess.Popen(
-            [sys.executable, "-m", "pytest", *args, *common, f"--repro-report={reports / name}"],
-            cwd=cwd,
-            env=clean_env(PYTHONPATH=str(ROOT)),  # the copied suite imports suites.training
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for name, (cwd, args) in commands.items()
-    }
-    finished = {}
-    for name, process in processes.items():
-        try:
-            output, _ = process.communicate(timeout=600)
-        except subprocess.TimeoutExpired:
-            for other in processes.values():
-                other.kill()
-            raise
-        finished[name] = Finished(process.returncode, output, reports / name)
-    return finished
