@@ -36,6 +36,27 @@ def side_by_side_env(**extra: str) -> dict[str, str]:
     return clean_env(**{"OMP_NUM_THREADS": "1", **extra})
 
 
+def linear_sgd_test(name: str, steps: int) -> str:
+    """The source of a tiny reproducible training test (Linear + SGD, ``steps`` records), for
+    the tests that only need *a* marked test to run."""
+    return f"""
+import pytest
+import torch
+
+
+@pytest.mark.repro(steps={steps})
+def {name}(repro):
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(repro.steps):
+        loss = model(torch.randn(8, 4)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        repro.record(step, model=model, loss=loss)
+"""
+
+
 def failure_section(output: str, test: str) -> str:
     """The text of one test's entry in the FAILURES section of ``output``."""
     header = re.compile(r"_{3,} " + re.escape(test) + r" _{3,}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pytest_runs import Finished, clean_env
+from pytest_runs import Finished, clean_env, linear_sgd_test
 
 import repro_check
 from repro_check.core.context import RunContext
@@ -789,22 +789,7 @@ def test_readme_walks_a_new_test_from_its_first_run_to_a_committed_baseline():
 
 # ----------------------------------------------------------------------------- fewer steps
 
-STEPS_TEST = """
-import pytest
-import torch
-
-
-@pytest.mark.repro(steps=6)
-def test_steps(repro):
-    model = torch.nn.Linear(4, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    for step in range(repro.steps):
-        loss = model(torch.randn(8, 4)).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        repro.record(step, model=model, loss=loss)
-"""
+STEPS_TEST = linear_sgd_test("test_steps", steps=6)
 
 
 def test_fewer_steps_than_the_baseline_compares_the_common_steps_e2e(tmp_path):

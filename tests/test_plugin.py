@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from pytest_runs import failure_section, side_by_side_env
+from pytest_runs import failure_section, linear_sgd_test, side_by_side_env
 
 from repro_check.core.seeding import root_seed_for_test
 
@@ -718,22 +718,7 @@ def test_zero_spill_budget_message_for_every_test(no_spill_session):
 
 # ----------------------------------------------------------------------------- xdist
 
-XDIST_TEST = """
-import pytest
-import torch
-
-
-@pytest.mark.repro(steps=2)
-def test_tiny(repro):
-    model = torch.nn.Linear(4, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    for step in range(repro.steps):
-        loss = model(torch.randn(8, 4)).pow(2).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        repro.record(step, model=model, loss=loss)
-"""
+XDIST_TEST = linear_sgd_test("test_tiny", steps=2)
 
 
 @pytest.fixture(scope="module")

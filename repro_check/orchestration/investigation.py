@@ -188,8 +188,9 @@ def localize(
 ) -> Localization:
     from repro_check.orchestration.localize import localize_from_reruns
 
-    found = localize_from_reruns(list(reruns), step, list(originals), start_after)
-    return found if isinstance(found, Localization) else Localization.from_json(found)
+    return Localization.from_json(
+        localize_from_reruns(list(reruns), step, list(originals), start_after)
+    )
 
 
 def localize_from_replicas(verdict: TestVerdict, specs: Sequence[ReplicaSpec]) -> None:
