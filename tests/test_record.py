@@ -16,10 +16,12 @@ from repro_check.core import spill as spill_module
 from repro_check.core.compare import compare_runs
 from repro_check.core.context import RunContext
 from repro_check.core.fingerprint import fingerprint_tensor
+from repro_check.core.leaves import optimizer_state
 from repro_check.core.record import (
     Recorder,
     RNGState,
     RunRecord,
+    _flatten_optimizer,
     as_tensor,
     check_recordable,
     flatten_leaves,
@@ -546,3 +548,149 @@ def test_spill_appends_after_earlier_contents(tmp_path):
     ref = writer.write(("d", "uint8", (3,)), np.frombuffer(b"abc", dtype=np.uint8))
     writer.close()
     assert ref.offset == 10 and path.read_bytes() == b"0123456789abc"
+
+
+# ------------------------------------------------------------------------- flattening fast paths
+
+
+def state_dict_leaves(name, module):
+    return [(f"{name}.{k}", v) for k, v in module.state_dict(keep_vars=True).items()]
+
+
+class ExtraState(torch.nn.Linear):
+    def get_extra_state(self):
+        return {"calls": torch.tensor(3)}
+
+    def set_extra_state(self, state):
+        pass
+
+
+def odd_modules():
+    plain = torch.nn.Sequential(torch.nn.Linear(3, 4, bias=False), torch.nn.BatchNorm1d(4))
+    plain[1].register_buffer("scratch", torch.ones(2), persistent=False)
+    plain[1].register_buffer("unset", None)
+    shared = torch.nn.Linear(2, 2)
+    twice = torch.nn.ModuleDict({"a": shared, "b": shared, "c": ExtraState(2, 2)})
+    pre_hooked = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    pre_hooked[0].register_state_dict_pre_hook(lambda module, prefix, keep_vars: None)
+    post_hooked = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+
+    def drop_bias(module, state, prefix, local_metadata):
+        del state[prefix + "bias"]
+
+    post_hooked[1]._register_state_dict_hook(drop_bias)
+    clash = torch.nn.Linear(2, 2)
+    clash._buffers["bias"] = torch.zeros(2)  # behind register_buffer's back
+    dotted = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    dotted._parameters["0.weight"] = torch.nn.Parameter(torch.ones(1))  # state_dict keeps one
+    return {
+        "plain": plain,
+        "shared-and-extra-state": twice,
+        "pre-hook": pre_hooked,
+        "post-hook": post_hooked,
+        "param-and-buffer-one-name": clash,
+        "dotted-name": dotted,
+        "transformer": torch.nn.TransformerEncoder(
+            torch.nn.TransformerEncoderLayer(8, 2, 16), 2, enable_nested_tensor=False
+        ),
+        "lstm": torch.nn.LSTM(3, 4, num_layers=2),
+    }
+
+
+@pytest.mark.parametrize("kind", list(odd_modules()))
+def test_module_leaves_are_those_of_state_dict(kind):
+    """record() walks module trees itself: the same keys, order and objects as state_dict."""
+    module = odd_modules()[kind]
+    expected = state_dict_leaves("m", module)
+    leaves = flatten_leaves({"m": module}, live=True)
+    if kind == "dotted-name":  # the walk repeats a key; record() then flattens as state_dict
+        assert [k for k, _ in leaves] != [k for k, _ in expected]
+        assert list(one_step({"m": module})) == [k for k, _ in expected]
+        return
+    assert [k for k, _ in leaves] == [k for k, _ in expected]
+    for (_, value), (_, same) in zip(leaves, expected, strict=True):
+        assert value is same or not isinstance(same, torch.Tensor)  # extra state: made anew
+
+
+def test_module_leaves_see_a_class_changed_after_a_walk():
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2))
+    flatten_leaves({"m": module}, live=True)
+
+    class Custom(torch.nn.Linear):
+        def _save_to_state_dict(self, destination, prefix, keep_vars):
+            destination[prefix + "only"] = self.weight
+
+    module[0].__class__ = Custom
+    assert [k for k, _ in flatten_leaves({"m": module}, live=True)] == ["m.0.only"]
+
+
+def test_optimizer_leaves_are_those_of_state_dict():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    optimizer = torch.optim.Adam(
+        [{"params": list(model[1].parameters()), "lr": 0.1}, {"params": [model[0].weight]}]
+    )
+    model(torch.randn(5, 3)).sum().backward()
+    model[1].bias.grad = None  # no state for it
+    optimizer.step()
+    optimizer.add_param_group({"params": [model[0].bias], "betas": (0.5, 0.6)})
+    optimizer.step()  # the late group's state comes after the others'
+
+    def keys(opt):
+        return [k for k, _ in flatten_leaves({"o": opt}, live=True)]
+
+    assert keys(optimizer) == state_dict_keys("o", optimizer)
+    assert "o.state.3.exp_avg" in keys(optimizer) and "o.state.1.exp_avg" not in keys(optimizer)
+    state, expected = optimizer_state(optimizer), optimizer.state_dict()
+    assert list(state["state"]) == list(expected["state"])
+    assert all(state["state"][k] is v for k, v in expected["state"].items())
+    optimizer.register_state_dict_post_hook(lambda opt, state: state["state"].clear())
+    assert not [k for k in keys(optimizer) if ".state." in k]  # hooks: state_dict itself
+
+
+def state_dict_keys(name, optimizer):
+    out = []
+    _flatten_optimizer(out, name, optimizer.state_dict())
+    return [k for k, _ in out]
+
+
+def test_recorded_keys_follow_every_layout_change(tmp_path):
+    """Nothing about a module's or optimizer's layout is kept between steps: each step's keys
+    and fingerprints are those of state_dict at that step."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    recorder = Recorder(SpillWriter(tmp_path / "spill.bin", 64 * MB))
+
+    def step_and_record(step, change):
+        change()
+        model(torch.randn(4, 3)).sum().backward()
+        optimizer.step()
+        entries = recorder.record(step, {"model": model, "optimizer": optimizer}).entries
+        expected = state_dict_leaves("model", model)
+        assert list(entries) == [k for k, _ in expected] + state_dict_keys("optimizer", optimizer)
+        for key, value in expected:
+            if isinstance(value, torch.Tensor):
+                assert entries[key].fingerprint == fingerprint_tensor(value), key
+        return entries
+
+    def re_register():  # the same names, another order: bias before weight
+        weight = model[0].weight
+        del model[0].weight
+        model[0].weight = weight
+
+    def replace_module():
+        model[0] = torch.nn.Linear(3, 2)
+        optimizer.add_param_group({"params": list(model[0].parameters())})
+
+    changes = [
+        lambda: None,  # the optimizer's state appears after this first step
+        lambda: model.register_buffer("counter", torch.zeros(())),
+        lambda: model.add_module("late", torch.nn.Linear(2, 2)),
+        re_register,
+        lambda: delattr(model, "counter"),
+        lambda: model.register_buffer("quiet", torch.ones(1), persistent=False),
+        replace_module,
+    ]
+    for step, change in enumerate(changes):
+        entries = step_and_record(step, change)
+    assert "model.0.bias" in entries and "model.late.weight" in entries
+    recorder.close()

@@ -280,6 +280,16 @@ class FingerprintBatch:
     def host_bytes(self, indices: Sequence[int]) -> list[tuple[np.ndarray, bool]]:
         """(bytes, aliased) of the chosen tensors; device tensors cross to the host here, one
         copy per dtype, and only the chosen ones."""
+        nbytes = self.nbytes
+        return [
+            (raw[offset : offset + nbytes[i]], aliased)
+            for (raw, offset, aliased), i in zip(self.host_spans(indices), indices, strict=True)
+        ]
+
+    def host_spans(self, indices: Sequence[int]) -> list[tuple[np.ndarray, int, bool]]:
+        """Where the chosen tensors' host bytes lie, unsliced: (a buffer, an offset into it,
+        aliased); tensors hashed together share a buffer, one after another (adjacent spans
+        can be written as one)."""
         import torch
 
         missing: dict[torch.dtype, list[int]] = {}
@@ -293,11 +303,8 @@ class FingerprintBatch:
             for i in group:
                 self._bytes[i] = (raw, offset)
                 offset += self.nbytes[i]
-        out = []
-        for i in indices:
-            raw, offset = self._bytes[i]  # type: ignore[misc]
-            out.append((raw[offset : offset + self.nbytes[i]], self._aliased[i]))
-        return out
+        located, aliased = self._bytes, self._aliased
+        return [(*located[i], aliased[i]) for i in indices]  # type: ignore[misc]
 
 
 def fingerprint_many(

@@ -95,6 +95,92 @@ def _other(key: str, leaf: Any, flatten: Flatten) -> list[tuple[str, Any]]:
     )
 
 
+def module_leaves(out: list[tuple[str, Any]], name: str, module: Any) -> None:
+    """Append ``(f"{name}.{key}", value)`` for each item of ``module.state_dict(keep_vars=True)``,
+    in its order. The module tree is walked directly (``state_dict`` builds an ordered dict,
+    its metadata and a call per submodule: most of flattening a model); where any module in it
+    customises ``state_dict`` (hooks, overrides, extra state), ``state_dict`` itself runs."""
+    if not _DEFAULTS:
+        import torch
+
+        base = torch.nn.Module
+        _DEFAULTS.extend((base.state_dict, base._save_to_state_dict, base.get_extra_state))
+    start = len(out)
+    if not _walk_module(out, module, name + "."):
+        del out[start:]
+        state = module.state_dict(keep_vars=True)
+        out += [(f"{name}.{key}", tensor) for key, tensor in state.items()]
+
+
+#: Module.state_dict, Module._save_to_state_dict and Module.get_extra_state: what a module
+#: whose state dict follows the default rules has (set on the first walk).
+_DEFAULTS: list[Any] = []
+
+
+def _walk_module(out: list[tuple[str, Any]], module: Any, prefix: str) -> bool:
+    """What ``Module.state_dict(keep_vars=True)`` gives, appended to ``out``; False (and ``out``
+    partly filled) where a module in the tree does not follow its default rules."""
+    cls = type(module)
+    own = module.__dict__
+    try:
+        if (
+            cls.state_dict is not _DEFAULTS[0]
+            or cls._save_to_state_dict is not _DEFAULTS[1]
+            or cls.get_extra_state is not _DEFAULTS[2]
+            or own["_state_dict_pre_hooks"]
+            or own["_state_dict_hooks"]
+            or "state_dict" in own
+            or "_save_to_state_dict" in own
+            or "get_extra_state" in own
+        ):
+            return False
+        parameters, buffers = own["_parameters"], own["_buffers"]
+        skip, children = own["_non_persistent_buffers_set"], own["_modules"]
+    except KeyError:  # not set up by Module.__init__: let state_dict deal with it
+        return False
+    for key, value in parameters.items():
+        if value is not None:
+            out.append((prefix + key, value))
+    if buffers:
+        if parameters and not parameters.keys().isdisjoint(buffers):
+            return False  # one key twice: state_dict keeps one of them
+        for key, value in buffers.items():
+            if value is not None and key not in skip:
+                out.append((prefix + key, value))
+    for key, child in children.items():
+        if child is not None and not _walk_module(out, child, f"{prefix}{key}."):
+            return False
+    return True
+
+
+def optimizer_state(optimizer: Any) -> Mapping[str, Any]:
+    """``optimizer.state_dict()``, with the live ``param_groups`` (``params`` included, which
+    the caller skips) rather than copies, when the optimizer customises nothing about it."""
+    import torch
+
+    pre = getattr(optimizer, "_optimizer_state_dict_pre_hooks", None)
+    post = getattr(optimizer, "_optimizer_state_dict_post_hooks", None)
+    if (
+        pre is None
+        or post is None
+        or pre
+        or post
+        or type(optimizer).state_dict is not torch.optim.Optimizer.state_dict
+        or "state_dict" in optimizer.__dict__
+    ):
+        return optimizer.state_dict()
+    # Optimizer.state_dict's own numbering: a parameter's index in the first group holding it.
+    index: dict[int, int] = {}
+    start = 0
+    for group in optimizer.param_groups:
+        params = group["params"]
+        index.update({id(p): i for i, p in enumerate(params, start) if id(p) not in index})
+        start += len(params)
+    tensor = torch.Tensor
+    state = {(index[id(k)] if isinstance(k, tensor) else k): v for k, v in optimizer.state.items()}
+    return {"state": state, "param_groups": optimizer.param_groups}
+
+
 def explain_unrecordable(keys: Sequence[str], tensors: Sequence[Any]) -> TypeError | None:
     """Why fingerprinting one of ``tensors`` failed, naming its key (None: no tensor here is of
     a kind that cannot be fingerprinted, so the failure is something else)."""

@@ -25,10 +25,18 @@ from repro_check.core.fingerprint import (
     fingerprint_scalar,
     frozen_constructor,
 )
-from repro_check.core.leaves import ACCEPTED, drop_unset, explain_unrecordable, plain_leaves
+from repro_check.core.leaves import (
+    ACCEPTED,
+    drop_unset,
+    explain_unrecordable,
+    module_leaves,
+    optimizer_state,
+    plain_leaves,
+)
 from repro_check.core.spill import SpillRef, SpillWriter
 
 SCALAR_PREFIX = "metric."
+_PLAIN_NUMBERS = frozenset((float, int, bool))
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,10 +160,13 @@ def _flatten(
         array = np.require(value, requirements="C")  # keeps 0-d arrays 0-d
         _flatten(out, name, torch.from_numpy(array), top_level, live)
     elif isinstance(value, torch.nn.Module):
-        state = value.state_dict(keep_vars=live)
-        out += [(f"{name}.{key}", tensor) for key, tensor in state.items()]
+        if live:
+            module_leaves(out, name, value)
+        else:
+            state = value.state_dict(keep_vars=False)
+            out += [(f"{name}.{key}", tensor) for key, tensor in state.items()]
     elif isinstance(value, torch.optim.Optimizer):
-        _flatten_optimizer(out, name, value.state_dict())
+        _flatten_optimizer(out, name, optimizer_state(value))
     elif isinstance(value, torch.optim.lr_scheduler.LRScheduler):
         _flatten_numbers(out, name, value.state_dict())
     elif isinstance(value, torch.Generator):
@@ -180,24 +191,31 @@ def _flatten_optimizer(
 ) -> None:
     import torch
 
+    tensor = torch.Tensor
     for index, per_param in state_dict["state"].items():
+        head = f"{name}.state.{index}."
         for key, item in per_param.items():
-            if type(item) is torch.Tensor:  # the usual case, without the dispatch of _flatten
-                out.append((f"{name}.state.{index}.{key}", item))
+            if type(item) is tensor:  # the usual case, without the dispatch of _flatten
+                out.append((f"{head}{key}", item))
             elif item is not None:  # LBFGS keeps what it has not filled yet as None
-                _flatten(out, f"{name}.state.{index}.{key}", drop_unset(item), False)
+                _flatten(out, f"{head}{key}", drop_unset(item), False)
     for index, group in enumerate(state_dict["param_groups"]):
-        _flatten_numbers(
-            out, f"{name}.param_groups.{index}", {k: v for k, v in group.items() if k != "params"}
-        )
+        _flatten_numbers(out, f"{name}.param_groups.{index}", group, skip="params")
 
 
-def _flatten_numbers(out: list[tuple[str, Any]], name: str, mapping: Mapping[str, Any]) -> None:
-    """Flatten the numeric/tensor leaves of a state dict; skip callables, strings and None."""
+def _flatten_numbers(
+    out: list[tuple[str, Any]], name: str, mapping: Mapping[str, Any], skip: str | None = None
+) -> None:
+    """Flatten the numeric/tensor leaves of a state dict (but the key ``skip``); skip callables,
+    strings and None."""
     import torch
 
     for key, item in mapping.items():
-        if isinstance(item, (bool, int, float, torch.Tensor)):
+        if key == skip:
+            continue
+        if type(item) in _PLAIN_NUMBERS:  # the usual case, without the dispatch of _flatten
+            out.append((f"{name}.{key}", item))
+        elif isinstance(item, (bool, int, float, torch.Tensor)):
             _flatten(out, f"{name}.{key}", item, False)
         elif isinstance(item, (list, tuple)) and all(
             isinstance(x, (bool, int, float, torch.Tensor)) for x in item
@@ -238,14 +256,21 @@ class Recorder:
         leaves = plain_leaves(flatten_leaves(state, live=True), _flatten_nested)
         keys = [key for key, _ in leaves]
         if len(set(keys)) != len(keys):
-            _raise_duplicate(step, keys)
+            # Names with dots, set behind register_parameter's back, can make the direct walk
+            # of a module repeat a key that state_dict keeps once: flatten as state_dict does.
+            leaves = plain_leaves(flatten_leaves(state), _flatten_nested)
+            keys = [key for key, _ in leaves]
+            if len(set(keys)) != len(keys):
+                _raise_duplicate(step, keys)
         count = len(keys)
         # Scalars are fingerprinted here; tensors, all at once below.
         fingerprints: list[Any] = [None] * count
         scalar_bytes: list[bytes | None] = [None] * count
+        sizes = [0] * count  # bytes fingerprinted, per key
         positions, tensors = [], []
+        tensor_type = torch.Tensor
         for position, (_, leaf) in enumerate(leaves):
-            if isinstance(leaf, torch.Tensor):
+            if isinstance(leaf, tensor_type):
                 positions.append(position)
                 tensors.append(leaf)
                 continue
@@ -254,7 +279,9 @@ class Recorder:
                 positions.append(position)
                 tensors.append(as_tensor(leaf))
             else:
-                fingerprints[position], scalar_bytes[position] = scalar
+                fingerprints[position], data = scalar
+                scalar_bytes[position] = data
+                sizes[position] = len(data)
         try:
             batch = fingerprint_many(tensors)
         except (TypeError, ValueError, RuntimeError, NotImplementedError):
@@ -262,17 +289,16 @@ class Recorder:
             if explained is None:
                 raise
             raise explained from None
-        for position, fp in zip(positions, batch.fingerprints, strict=True):
+        for position, fp, nbytes in zip(positions, batch.fingerprints, batch.nbytes, strict=True):
             fingerprints[position] = fp
-        self.run.bytes_fingerprinted += sum(batch.nbytes) + sum(
-            len(data) for data in scalar_bytes if data is not None
-        )
+            sizes[position] = nbytes
+        self.run.bytes_fingerprinted += sum(sizes)
         refs: list[SpillRef | None] = [None] * count
         if self._spill is not None:
-            self._spill_all(refs, fingerprints, scalar_bytes, positions, batch)
+            refs = self._spill_all(fingerprints, sizes, scalar_bytes, positions, batch)
         values: list[float | None] = [None] * count
-        for position, key in enumerate(keys):
-            if key.startswith(SCALAR_PREFIX) and not fingerprints[position].shape:
+        for position in [p for p, key in enumerate(keys) if key.startswith(SCALAR_PREFIX)]:
+            if not fingerprints[position].shape:
                 values[position] = _metric_value(leaves[position][1], fingerprints[position])
         entries = map(_new_entry, fingerprints, values, refs)
         record = StepRecord(int(step), dict(zip(keys, entries, strict=True)))
@@ -281,39 +307,39 @@ class Recorder:
 
     def _spill_all(
         self,
-        refs: list[SpillRef | None],
         fingerprints: list[Fingerprint],
+        sizes: list[int],
         scalar_bytes: list[bytes | None],
         positions: list[int],
         batch: FingerprintBatch,
-    ) -> None:
+    ) -> list[SpillRef | None]:
         """Reserve every new tensor's place in the spill file, in key order, until the budget
-        runs out; then hand over their bytes (a device's cross to the host only here)."""
+        runs out; then hand over their bytes (a device's cross to the host only here): the
+        places, per key."""
         spill = self._spill
         assert spill is not None
+        if spill.exhausted:
+            self.run.spill_exhausted = True
+            return [None] * len(fingerprints)
+        refs, fresh = spill.reserve_many(
+            [(f.digest, f.dtype, f.shape) for f in fingerprints], sizes
+        )
+        self.run.spill_exhausted = self.run.spill_exhausted or spill.exhausted
+        if not fresh:
+            return refs
         in_batch = dict(zip(positions, range(len(positions)), strict=True))
         writes: list[tuple[SpillRef, Any, bool]] = []
         from_batch, batch_refs = [], []
-        for position, fp in enumerate(fingerprints):
-            if spill.exhausted:
-                break
+        for position in fresh:
             data = scalar_bytes[position]
-            index = in_batch.get(position) if data is None else None
-            nbytes = len(data) if data is not None else batch.nbytes[index]  # type: ignore[index]
-            ref, fresh = spill.reserve((fp.digest, fp.dtype, fp.shape), nbytes)
-            refs[position] = ref
-            if not fresh:
-                continue
             if data is not None:
-                writes.append((ref, data, False))
+                writes.append((refs[position], data, False))  # type: ignore[arg-type]
             else:
-                from_batch.append(index)
-                batch_refs.append(ref)
-        self.run.spill_exhausted = self.run.spill_exhausted or spill.exhausted
-        for ref, (data, aliased) in zip(batch_refs, batch.host_bytes(from_batch), strict=True):
-            writes.append((ref, data, aliased))
-        if writes:
-            spill.put(writes)
+                from_batch.append(in_batch[position])
+                batch_refs.append(refs[position])
+        writes += _byte_runs(spill.path, batch_refs, batch.host_spans(from_batch))
+        spill.put(writes)
+        return refs
 
     def close(self) -> RunRecord:
         if self._spill is not None:
@@ -323,6 +349,30 @@ class Recorder:
 
 
 _new_entry = frozen_constructor(Entry)
+
+
+def _byte_runs(
+    path: str, refs: list[SpillRef], spans: list[tuple[Any, int, bool]]
+) -> list[tuple[SpillRef, Any, bool]]:
+    """Spill writes ``(place, bytes, aliased)`` for the tensors at ``refs`` whose bytes lie at
+    ``spans`` (buffer, offset, aliased): tensors adjacent both in the file and in one buffer
+    become one write (one record's small tensors usually are all of them)."""
+    writes = []
+    buffer: Any = None
+    aliased = False
+    start = end = place = place_end = 0
+    for ref, (raw, offset, shared) in zip(refs, spans, strict=True):
+        if raw is buffer and offset == end and ref.offset == place_end and shared == aliased:
+            end += ref.nbytes
+            place_end += ref.nbytes
+            continue
+        if buffer is not None:
+            writes.append((SpillRef(path, place, place_end - place), buffer[start:end], aliased))
+        buffer, start, end, aliased = raw, offset, offset + ref.nbytes, shared
+        place, place_end = ref.offset, ref.offset + ref.nbytes
+    if buffer is not None:
+        writes.append((SpillRef(path, place, place_end - place), buffer[start:end], aliased))
+    return writes
 
 
 def _raise_duplicate(step: int, keys: list[str]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import os
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,26 @@ class SpillWriter:
         self.written += nbytes
         self._by_digest[key] = ref
         return ref, True
+
+    def reserve_many(
+        self, keys: Sequence[SpillKey], sizes: Sequence[int]
+    ) -> tuple[list[SpillRef | None], list[int]]:
+        """:meth:`reserve` for each key in order (one record's), none once the budget is
+        exhausted: every key's place (None past the budget) and the positions whose bytes the
+        caller must now :meth:`put`."""
+        refs: list[SpillRef | None] = [None] * len(keys)
+        fresh: list[int] = []
+        known = self._by_digest
+        for position, key in enumerate(keys):
+            if self.exhausted:
+                break
+            ref = known.get(key)
+            if ref is None:
+                ref, new = self.reserve(key, sizes[position])
+                if new:
+                    fresh.append(position)
+            refs[position] = ref
+        return refs, fresh
 
     def put(self, writes: list[tuple[SpillRef, Any, bool]]) -> None:
         """Write reserved places: ``(ref, bytes, aliased)``. Bytes that alias a live tensor
