@@ -194,6 +194,39 @@ def test_source_lines_point_into_this_file():
     assert mm.call_index == 0 and softmax.op == "aten::_softmax"
 
 
+def test_flags_keep_their_type():
+    """Flag tuples are shared between events of one op: ``(False,)`` must not become an
+    equal ``(0,)`` seen before (a shape, another op's int flag)."""
+    with OpTracer() as tr:
+        torch.zeros(0)  # shape (0,)
+        torch.ones(1).expand(3)  # implicit=False
+    (expand,) = [e for e in tr.events if e.op == "aten::expand"]
+    assert expand.flags == (False,) and expand.flags[0] is False
+
+
+def test_compiled_code_under_the_tracer_compiles_nothing_into_it():
+    """torch keeps Dynamo out of a dispatch mode's hook by wrapping it; the tracer marks its
+    code instead (no frames per op): a compiled function run under it is traced op by op and
+    no graph captures the tracer."""
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm
+
+    @torch.compile(backend=backend)
+    def f(x):
+        return (x.sin() + 1).cos()
+
+    x = torch.ones(5)
+    with OpTracer() as tr:
+        y = f(x)
+    assert torch.equal(y, (x.sin() + 1).cos())
+    assert [e.op for e in tr.events] == ["aten::sin", "aten::add", "aten::cos"]
+    assert not graphs
+    torch._dynamo.reset()
+
+
 def test_call_index_counts_each_op():
     with OpTracer() as tr:
         x = torch.zeros(2)

@@ -16,7 +16,7 @@ import sys
 import sysconfig
 from types import FrameType
 
-__all__ = ["SourceLocator", "display_path", "is_internal_file", "user_source"]
+__all__ = ["SourceLocator", "caller_depth", "display_path", "is_internal_file", "user_source"]
 
 UNKNOWN = "<unknown>"
 
@@ -72,24 +72,26 @@ class SourceLocator:
     have another caller).
     """
 
-    __slots__ = ("_lines", "_held", "_held_set", "_held_text")
+    __slots__ = ("_lines", "_held", "held_set", "held_text")
 
     def __init__(self) -> None:
         self._lines: dict[tuple[object, int], str] = {}
         self._held: list[FrameType] = []  # innermost first
-        self._held_set: set[FrameType] = set()
-        self._held_text = UNKNOWN
+        #: the held frames, and the user line above them: ``locate(f)`` is ``held_text`` when
+        #: ``f in held_set`` (the tracer checks that inline, saving a call on most ops)
+        self.held_set: set[FrameType] = set()
+        self.held_text = UNKNOWN
 
     def locate(self, frame: FrameType | None) -> str:
         internal = _internal_code
-        held = self._held_set
+        held = self.held_set
         walked: list[FrameType] = []
         f = frame
         while f is not None:
             if f in held:  # still on the stack: the user frame above it has not moved
                 if walked:  # hold the current chain (frames popped since are let go)
-                    self._hold(walked + self._held[self._held.index(f) :], self._held_text)
-                return self._held_text
+                    self._hold(walked + self._held[self._held.index(f) :], self.held_text)
+                return self.held_text
             code = f.f_code
             inside = internal.get(code)
             if inside is None:
@@ -114,8 +116,8 @@ class SourceLocator:
 
     def _hold(self, frames: list[FrameType], text: str) -> None:
         self._held = [w for w in frames if not w.f_code.co_flags & _RESUMABLE]
-        self._held_set = set(self._held)
-        self._held_text = text
+        self.held_set = set(self._held)
+        self.held_text = text
 
     def release(self) -> None:
         """Drop the held frames (the tracer calls this when it exits)."""
@@ -125,3 +127,22 @@ class SourceLocator:
 def user_source(skip: int = 1) -> str:
     """The user line that called the caller's caller (``skip`` frames above the caller)."""
     return SourceLocator().locate(sys._getframe(skip + 1))
+
+
+_WRAPPERS = (("_dynamo", "eval_frame.py", "_fn"), ("torch", "_compile.py", "inner"))
+
+
+def caller_depth(frame: FrameType | None) -> int:
+    """How many frames above a dispatch mode's hook its op's caller is, given the frame that
+    called the hook: torch may wrap the hook (Dynamo's disable, the fallback of
+    :func:`repro_check.trace.opinfo.keep_dynamo_out`) in frames that are new on every call;
+    the source locator starts above them, where consecutive ops share frames."""
+    depth = 1
+    while frame is not None:
+        code = frame.f_code
+        parts = code.co_filename.replace("\\", "/").split("/")[-2:]
+        if (*parts, code.co_name) not in _WRAPPERS:
+            break
+        depth += 1
+        frame = frame.f_back
+    return depth

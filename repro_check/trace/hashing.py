@@ -19,16 +19,26 @@ import xxhash
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["content_hash", "dtype_name", "fast_dtypes", "memory_hash", "mix"]
+__all__ = [
+    "BUFFER_TYPES",
+    "DTYPE_NAMES",
+    "EMPTY_HASH",
+    "MIX_PACK",
+    "content_hash",
+    "dtype_name",
+    "fast_dtypes",
+    "memory_hash",
+    "mix",
+]
 
-_DTYPE_NAMES: dict[Any, str] = {}
+DTYPE_NAMES: dict[Any, str] = {}  # dtype -> name, as dtype_name() gives it
 
 
 def dtype_name(dtype: Any) -> str:
     """``torch.float32`` -> ``"float32"`` (interned, cached)."""
-    name = _DTYPE_NAMES.get(dtype)
+    name = DTYPE_NAMES.get(dtype)
     if name is None:
-        name = _DTYPE_NAMES[dtype] = sys.intern(str(dtype).replace("torch.", ""))
+        name = DTYPE_NAMES[dtype] = sys.intern(str(dtype).replace("torch.", ""))
     return name
 
 
@@ -56,8 +66,10 @@ def fast_dtypes() -> dict[Any, str]:
     return _FAST
 
 
-_EMPTY = xxhash.xxh3_64_intdigest(b"")
-_BUFFERS: dict[int, Any] = {}  # byte length -> ctypes array type of that length
+EMPTY_HASH = xxhash.xxh3_64_intdigest(b"")
+#: byte length -> ctypes array type of that length (the tracer reads it inline: a Python call
+#: per output costs as much as the lookup)
+BUFFER_TYPES: dict[int, Any] = {}
 
 
 def memory_hash(address: int, nbytes: int) -> int:
@@ -66,23 +78,23 @@ def memory_hash(address: int, nbytes: int) -> int:
     The same digest as hashing ``tensor.numpy()``, without building a numpy array (1.2 us of
     the ~2 us a small tensor costs): a ctypes view over the memory, typed per length."""
     if nbytes == 0:
-        return _EMPTY
-    buffer = _BUFFERS.get(nbytes)
+        return EMPTY_HASH
+    buffer = BUFFER_TYPES.get(nbytes)
     if buffer is None:
-        if len(_BUFFERS) > 4096:  # many distinct sizes (variable-length batches): start over
-            _BUFFERS.clear()
-        buffer = _BUFFERS[nbytes] = ctypes.c_char * nbytes
+        if len(BUFFER_TYPES) > 4096:  # many distinct sizes (variable-length batches): start over
+            BUFFER_TYPES.clear()
+        buffer = BUFFER_TYPES[nbytes] = ctypes.c_char * nbytes
     return xxhash.xxh3_64_intdigest(buffer.from_address(address))
 
 
-_MIX = struct.Struct("<4Q")
+MIX_PACK = struct.Struct("<4Q").pack  # what mix() hashes (the tracer inlines it)
 
 
 def mix(base: int, op: int, args: int, position: int) -> int:
     """xxh3-64 of four 64-bit integers: the signature of a view is its input's hash mixed with
     the op, its arguments and the output's position. The same on every machine and Python
     version (traces are compared across machines), unlike ``hash()``."""
-    return xxhash.xxh3_64_intdigest(_MIX.pack(base, op, args, position))
+    return xxhash.xxh3_64_intdigest(MIX_PACK(base, op, args, position))
 
 
 def content_hash(t: torch.Tensor) -> tuple[int, str | None]:

@@ -40,8 +40,6 @@ reads the results.
 
 from __future__ import annotations
 
-import array
-import re
 import sys
 import threading
 import weakref
@@ -52,9 +50,26 @@ import torch
 import xxhash
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from repro_check.trace.events import OpEvent, TensorSig, is_flag_type
-from repro_check.trace.frames import SourceLocator
-from repro_check.trace.hashing import content_hash, dtype_name, fast_dtypes, memory_hash, mix
+from repro_check.trace.events import OpEvent, TensorSig
+from repro_check.trace.frames import SourceLocator, caller_depth
+from repro_check.trace.hashing import (
+    BUFFER_TYPES,
+    DTYPE_NAMES,
+    EMPTY_HASH,
+    MIX_PACK,
+    content_hash,
+    dtype_name,
+    fast_dtypes,
+    memory_hash,
+)
+from repro_check.trace.opinfo import (
+    OP_INFO,
+    OpInfo,
+    flatten,
+    keep_dynamo_out,
+    rng_hash,
+    scalars_hash,
+)
 
 __all__ = ["DEFAULT_MAX_EVENTS", "OpTracer"]
 
@@ -63,54 +78,19 @@ __all__ = ["DEFAULT_MAX_EVENTS", "OpTracer"]
 # ~400 training steps of a 600-op model. Raise it (or pass None) for longer traces.
 DEFAULT_MAX_EVENTS = 250_000
 
-# Ops whose output is uninitialised memory: their content is garbage, not a result.
-_UNINIT_OPS = frozenset(
-    {
-        "aten::empty",
-        "aten::empty_like",
-        "aten::empty_strided",
-        "aten::empty_permuted",
-        "aten::new_empty",
-        "aten::new_empty_strided",
-    }
-)
-_SCALAR_TYPES = (int, float, bool, complex, str, type(None), torch.dtype, torch.device)
-_REPR_TYPES = frozenset(_SCALAR_TYPES + (torch.layout, torch.memory_format))
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _STRIDED = torch.strided
+_Tensor = torch.Tensor
+_UNINITIALIZED = "uninitialized"
+_xxh = xxhash.xxh3_64_intdigest
+_new_tuple = tuple.__new__
+_getframe = sys._getframe
+_ref = weakref.ref
 
 
 def _sig(fields: tuple) -> TensorSig:
     """``TensorSig(*fields)`` without NamedTuple's Python-level ``__new__`` (hot path)."""
-    return tuple.__new__(TensorSig, fields)
-
-
-_Tensor = torch.Tensor
-
-
-def _scalar_repr(x: Any) -> str:
-    if type(x) in _REPR_TYPES or isinstance(x, _SCALAR_TYPES):
-        return repr(x)
-    return type(x).__name__  # Generator, SymInt, ...: the type only (no addresses)
-
-
-def _flatten(obj: Any, out: list[Any]) -> None:
-    """Leaves of aten arguments / results: tensors, scalars, (nested) lists of them."""
-    for o in obj if isinstance(obj, (list, tuple)) else (obj,):
-        if isinstance(o, (list, tuple)):
-            _flatten(o, out)
-        else:
-            out.append(o)
-
-
-_INT_TYPE = re.compile(r"^(int|SymInt|bool|List\[int\]|List\[SymInt\])$")
-_int64s = array.array
-
-
-def _arg(args: tuple, kwargs: dict, pos: int, name: str, kwarg_only: bool, default: Any) -> Any:
-    if not kwarg_only and pos < len(args):
-        return args[pos]
-    return kwargs.get(name, default)
+    return _new_tuple(TensorSig, fields)
 
 
 def _data_ptr(t: torch.Tensor) -> int:
@@ -120,92 +100,7 @@ def _data_ptr(t: torch.Tensor) -> int:
         return -1
 
 
-class _OpInfo:
-    """What the tracer needs to know about one op overload, computed once per process."""
-
-    __slots__ = (
-        "op",
-        "overload",
-        "random",
-        "mutated",
-        "flag_pos",
-        "uninit",
-        "view",
-        "out_names",
-        "op_hash",
-        "nested",
-        "func",
-        "flag_last",
-        "int_args",
-    )
-
-    def __init__(self, func: Any) -> None:
-        self.func = func  # keeps id(func) from being reused while it keys _OP_INFO
-        schema = func._schema
-        self.op: str = sys.intern(schema.name)
-        self.overload: str = sys.intern(func._overloadname)
-        self.random: bool = torch.Tag.nondeterministic_seeded in func.tags
-        self.uninit: bool = self.op in _UNINIT_OPS
-        self.op_hash = xxhash.xxh3_64_intdigest(f"{self.op}.{self.overload}".encode())
-        # out= arguments are written, not read: their old content is not an input
-        self.out_names = frozenset(
-            a.name for a in schema.arguments if a.kwarg_only and getattr(a, "is_out", False)
-        )
-        # (position, name) of arguments the op writes to (in-place / out=): outputs too.
-        mutated = []
-        flags = []
-        for i, a in enumerate(schema.arguments):
-            if a.alias_info is not None and a.alias_info.is_write:
-                mutated.append((i, a.name, a.kwarg_only))
-            if is_flag_type(a.type):
-                default = a.default_value if a.has_default_value() else None
-                flags.append((i, a.name, a.kwarg_only, default))
-        self.mutated = tuple(mutated)
-        self.flag_pos = tuple(flags)
-        self.flag_last = max((p for p, _n, ko, _d in flags if not ko), default=-1)
-        if any(ko for _p, _n, ko, _d in flags):
-            self.flag_last = len(schema.arguments)  # kwarg-only flags: always the slow way
-        # list arguments (Tensor[], int[]) must be flattened; the others are read as they come
-        self.nested = any(str(a.type).endswith("]") for a in schema.arguments)
-        # every non-tensor argument an int or a bool (never None): hashed as packed int64s
-        # one tensor argument and every other one an int or a bool (never None: views, mostly):
-        # hashed as packed int64s. A second Tensor argument can arrive as a Python float.
-        tensors = [a for a in schema.arguments if "Tensor" in str(a.type)]
-        self.int_args = [str(a.type) for a in tensors] == ["Tensor"] and all(
-            _INT_TYPE.match(str(getattr(a, "real_type", a.type)))
-            for a in schema.arguments
-            if a not in tensors
-        )
-        # a pure view: aliases its input and writes nothing, so its content needs no hash
-        self.view: bool = bool(getattr(func, "is_view", False)) and not mutated
-
-
-_OP_INFO: dict[int, _OpInfo] = {}  # id(OpOverload) -> info; the info holds the op alive
-_WRAPPERS = (("_dynamo", "eval_frame.py", "_fn"), ("torch", "_compile.py", "inner"))
 _depth: list[int] = []  # frames from __torch_dispatch__ up to the op's caller, once known
-
-
-def _caller(depth: int) -> Any:
-    """The frame ``depth`` levels above the caller, or None: in the autograd engine's device
-    threads (CUDA backward) the stack ends right above the dispatch."""
-    try:
-        return sys._getframe(depth + 1)
-    except ValueError:
-        return None
-
-
-def _caller_depth(frame: Any) -> int:
-    """torch wraps ``__torch_dispatch__`` (dynamo's disable), adding frames that are new on
-    every call; the source locator starts above them, where consecutive ops share frames."""
-    depth = 1
-    while frame is not None:
-        code = frame.f_code
-        parts = code.co_filename.replace("\\", "/").split("/")[-2:]
-        if (*parts, code.co_name) not in _WRAPPERS:
-            break
-        depth += 1
-        frame = frame.f_back
-    return depth
 
 
 class OpTracer(TorchDispatchMode):
@@ -234,14 +129,21 @@ class OpTracer(TorchDispatchMode):
         self.max_events = max_events
         self.verify_inputs = verify_inputs
         self.capture_outputs_of = frozenset(capture_outputs_of or ())
-        self.events: list[OpEvent] = []
+        # The hook records a row per op (what must be read while the op runs); the OpEvents
+        # are built from the rows when ``events`` is read, in one loop.
+        self._rows: list[tuple] = []
+        self._built: list[OpEvent] = []
         self.truncated = False
         self.captured: dict[int, tuple[torch.Tensor, ...]] = {}
         self._limit = sys.maxsize if max_events is None else max_events
         self._calls: dict[str, int] = {}
-        self._produced: dict[tuple, int] = {}  # content key -> first event producing it
+        # content key -> first event producing it; filled from _hashed when an input needs it
+        self._produced: dict[tuple, int] = {}
+        self._hashed: list[TensorSig] = []  # outputs hashed by content, in order
+        self._hashed_seen = 0  # how many of them _produced holds
         self._first_seen: dict[tuple, int] = {}  # external content key -> first event using it
         self._uninit: dict[tuple, tuple[int, int]] = {}  # garbage key -> (data_ptr, event)
+        self._uninit_hashes: set[int] = set()  # their hashes (may hold stale ones)
         # id(tensor) -> (weakref, version when produced or None: not trusted, signature)
         self._live: dict[int, tuple[Any, int | None, TensorSig]] = {}
         self._settle: list[tuple[Any, TensorSig]] = []  # views / writes of the last op
@@ -258,6 +160,15 @@ class OpTracer(TorchDispatchMode):
         self._thread = 0
         self._get_seq = getattr(torch._C._autograd, "_get_sequence_nr", None)
         self._current_node = getattr(torch._C, "_current_autograd_node", None)
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False  # no torch wrapper: keep_dynamo_out marks the code instead
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__torch_dispatch__" in cls.__dict__:
+            cls.__torch_dispatch__ = keep_dynamo_out(cls.__dict__["__torch_dispatch__"])
 
     # -- context management ------------------------------------------------------------------
 
@@ -317,7 +228,7 @@ class OpTracer(TorchDispatchMode):
                 del stack[i:]
                 return
 
-    # -- fingerprints ------------------------------------------------------------------------
+    # -- fingerprints (the general paths; the common cases are inlined in the hook) ------------
 
     def _hash(self, t: torch.Tensor) -> tuple[int, str, tuple[int, ...], str | None]:
         dtype = self._fast.get(t.dtype)
@@ -345,8 +256,20 @@ class OpTracer(TorchDispatchMode):
         except Exception:
             return ()
 
-    def _input(self, t: torch.Tensor, index: int) -> TensorSig:
-        entry = self._live.get(id(t))
+    def _producer(self, key: tuple) -> int | None:
+        """The first event whose output had content ``key`` (outputs are indexed only when an
+        input needs the index: most inputs are found by their producer's tensor instead)."""
+        hashed = self._hashed
+        if self._hashed_seen < len(hashed):
+            produced = self._produced
+            for sig in hashed[self._hashed_seen :]:
+                produced.setdefault((sig[0], sig[1], sig[2]), sig[4])
+            self._hashed_seen = len(hashed)
+        return self._produced.get(key)
+
+    def _input(self, t: torch.Tensor, index: int, entry: Any) -> TensorSig:
+        """An input the hook could not take from its producer: hash it, and say where its
+        content came from. ``entry``: what ``_live`` holds for ``id(t)``."""
         if entry is not None:
             if entry[0]() is not t:
                 entry = None  # a dead tensor's id, reused
@@ -361,8 +284,8 @@ class OpTracer(TorchDispatchMode):
         if self._uninit:
             u = self._uninit.get(key)
             if u is not None and u[0] == _data_ptr(t):  # still the garbage it was allocated with
-                return _sig((0, dtype, shape, "traced", u[1], "uninitialized"))
-        producer = self._produced.get(key)
+                return _sig((0, dtype, shape, "traced", u[1], _UNINITIALIZED))
+        producer = self._producer(key)
         if producer is not None:
             return _sig((h, dtype, shape, "traced", producer, cls))
         if entry is not None:
@@ -376,126 +299,93 @@ class OpTracer(TorchDispatchMode):
         return sig
 
     def _output(self, t: torch.Tensor, index: int, trusted: bool, uninit: bool) -> TensorSig:
-        """Fingerprint an output; ``trusted``: reuse it for reads while the version holds."""
+        """Fingerprint an output the hook's inline path does not take (not a contiguous
+        CPU tensor of a common dtype, or uninitialised memory); ``trusted``: reuse the
+        fingerprint for reads while the version counter holds."""
         h, dtype, shape, cls = self._hash(t)
-        key = (h, dtype, shape)
         if uninit:
-            self._uninit[key] = (_data_ptr(t), index)
-            sig = _sig((0, dtype, shape, "traced", index, "uninitialized"))
+            self._uninit[(h, dtype, shape)] = (_data_ptr(t), index)
+            self._uninit_hashes.add(h)
+            sig = _sig((0, dtype, shape, "traced", index, _UNINITIALIZED))
             trusted = False
         else:
-            if self._uninit:
-                u = self._uninit.get(key)
-                if u is not None and u[0] == _data_ptr(t):
-                    # a traced op wrote the very bytes the memory held (recycled memory
-                    # from an identical earlier run): it is initialised now
-                    del self._uninit[key]
-            self._produced.setdefault(key, index)
             sig = _sig((h, dtype, shape, "traced", index, cls))
+            self._initialised(t, sig)
+            self._hashed.append(sig)
         self._remember(t, sig, trusted)
         return sig
 
-    def _view(
-        self,
-        t: torch.Tensor,
-        base: TensorSig,
-        position: int,
-        args_hash: int,
-        info: _OpInfo,
-        index: int,
-    ) -> TensorSig:
-        h = mix(base.hash, info.op_hash, args_hash, position)
-        return _sig((h, dtype_name(t.dtype), self._shape(t), "traced", index, base.cls))
+    def _initialised(self, t: torch.Tensor, sig: TensorSig) -> None:
+        """A traced op wrote the very bytes uninitialised memory held (recycled memory from
+        an identical earlier run): it is initialised now."""
+        key = (sig[0], sig[1], sig[2])
+        u = self._uninit.get(key)
+        if u is not None and u[0] == _data_ptr(t):
+            del self._uninit[key]
 
     def _remember(self, t: torch.Tensor, sig: TensorSig, trusted: bool) -> None:
         try:
             version = t._version if trusted else None
-            self._live[id(t)] = (weakref.ref(t), version, sig)
+            self._live[id(t)] = (_ref(t), version, sig)
         except (TypeError, RuntimeError):
             pass
-
-    def _rng_hash(self, kwargs: dict, leaves: list[Any]) -> int:
-        gen = kwargs.get("generator")
-        if gen is None:
-            gen = next((x for x in leaves if isinstance(x, torch.Generator)), None)
-        if gen is None:
-            device = kwargs.get("device")
-            if device is None:
-                device = next((x.device for x in leaves if isinstance(x, _Tensor)), None)
-            device = torch.device(device) if device is not None else torch.device("cpu")
-            if device.type == "cuda":
-                idx = device.index if device.index is not None else torch.cuda.current_device()
-                gen = torch.cuda.default_generators[idx]
-            else:
-                gen = torch.default_generator
-        try:
-            return xxhash.xxh3_64_intdigest(gen.get_state().numpy())
-        except Exception:
-            return 0
 
     # -- the dispatch hook -------------------------------------------------------------------
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+        # One function on purpose: the cost of tracing is Python work per op, and a call per
+        # tensor (or per part) costs as much as the work itself. The general cases are calls.
+        info = OP_INFO.get(id(func))  # by id: an OpOverload's __hash__ runs Python code
+        if info is None:
+            info = OP_INFO[id(func)] = OpInfo(func)
         if kwargs is None:
             kwargs = {}
-        events = self.events
-        index = len(events)
+        rows = self._rows
+        index = len(self._built) + len(rows)
         if index >= self._limit:
             self.truncated = True
-            return func(*args, **kwargs)
-        info = _OP_INFO.get(id(func))  # by id: an OpOverload's __hash__ runs Python code
-        if info is None:
-            info = _OP_INFO[id(func)] = _OpInfo(func)
-        if self._settle:  # weak references: holding the tensors would change what autograd
-            for ref, sig in self._settle:  # does (it steals buffers nobody else holds)
+            return info.call(*args, **kwargs)
+        live = self._live
+        if self._settle:
+            # the views / in-place outputs of the last op, with the version counter that
+            # ADInplaceOrView (above this mode) set after the op returned. Weak references:
+            # holding the tensors would change what autograd does (it steals buffers nobody
+            # else holds)
+            for ref, sig in self._settle:
                 t = ref()
                 if t is not None:
-                    self._live[id(t)] = (ref, t._version, sig)
+                    live[id(t)] = (ref, t._version, sig)
             self._settle = []
 
         if info.nested or kwargs:
             leaves: Any = []
-            _flatten(args, leaves)
+            flatten(args, leaves)
             if kwargs:
                 out_names = info.out_names
-                _flatten([v for k, v in kwargs.items() if k not in out_names], leaves)
+                flatten([v for k, v in kwargs.items() if k not in out_names], leaves)
         else:
             leaves = args
-        live = self._live
         trust = not self.verify_inputs
         inputs = []
         scalars = []
         first = None  # the first tensor input: a view's base
         for x in leaves:
             if isinstance(x, _Tensor):
-                e = live.get(id(x))  # the inline fast path of _input: a trusted producer
+                e = live.get(id(x))  # trusted while its producer's version holds
                 if trust and e is not None and e[1] is not None and e[0]() is x:
-                    inputs.append(e[2] if x._version == e[1] else self._input(x, index))
+                    inputs.append(e[2] if x._version == e[1] else self._input(x, index, e))
                 else:
-                    inputs.append(self._input(x, index))
+                    inputs.append(self._input(x, index, e))
                 if first is None:
                     first = x
             else:
                 scalars.append(x)
-        args_hash = 0
-        if scalars:
-            packed = None
-            if info.int_args:  # sizes, dims, flags: packed as they are (a third of the cost)
-                try:
-                    packed = _int64s("q", scalars)
-                except (TypeError, OverflowError):  # beyond int64, or a value torch converts
-                    pass
-            if packed is None:
-                packed = "\x1f".join(map(_scalar_repr, scalars)).encode()
-            args_hash = xxhash.xxh3_64_intdigest(packed)
-        rng = self._rng_hash(kwargs, leaves) if info.random else None
+        # the argument hash is needed now only by views (their fingerprint mixes it in)
+        args_hash = (scalars_hash(info, scalars) if scalars else 0) if info.view else None
+        rng = rng_hash(kwargs, leaves) if info.random else None
         flags: tuple[Any, ...] = ()
         if info.flag_pos:
-            if kwargs or len(args) <= info.flag_last:
-                flags = tuple([_arg(args, kwargs, p, n, ko, d) for p, n, ko, d in info.flag_pos])
-            else:  # every flag passed positionally
-                flags = tuple([args[p] for p, _n, _ko, _d in info.flag_pos])
-            flags = self._interned.setdefault(flags, flags)
+            flags = info.flags(args, kwargs)
 
         # autograd linkage: backward ops run inside an autograd node; forward ops that need a
         # gradient have just had their node created (the sequence counter moved).
@@ -504,8 +394,7 @@ class OpTracer(TorchDispatchMode):
         forward_index = -1
         requires_grad = False
         if node is not None:
-            name = node.name()
-            node_name = self._interned.setdefault(name, name)
+            node_name = node.name()
             try:
                 forward_index = self._seq_to_event.get(node._sequence_nr(), -1)
             except Exception:
@@ -517,67 +406,116 @@ class OpTracer(TorchDispatchMode):
                 self._seq_to_event[seq - 1] = index
                 requires_grad = True
 
-        out = func(*args, **kwargs)
+        out = info.call(*args, **kwargs)
 
         if isinstance(out, _Tensor):
             out_tensors = [out]
         else:
             out_leaves: list[Any] = []
-            _flatten(out, out_leaves)
+            flatten(out, out_leaves)
             out_tensors = [x for x in out_leaves if isinstance(x, _Tensor)]
-        written: list[Any] = []  # tensors the op wrote in place (in-place and out= ops)
-        for pos, name, kwarg_only in info.mutated:
-            _flatten(_arg(args, kwargs, pos, name, kwarg_only, None), written)
-        for x in written:
-            if isinstance(x, _Tensor) and not any(x is o for o in out_tensors):
-                out_tensors.append(x)
-        if (
-            info.view
-            and inputs
-            and not self.verify_inputs
-            and not self._is_buffer(first, inputs[0])
-        ):
+        written = info.written(args, kwargs) if info.mutated else ()
+        for x in written:  # tensors the op wrote in place (in-place and out= ops)
+            if isinstance(x, _Tensor):
+                for o in out_tensors:
+                    if x is o:
+                        break
+                else:
+                    out_tensors.append(x)
+        interned = self._interned
+        outputs: Any
+        if info.view and inputs and trust and not self._is_buffer(first, inputs[0]):
+            # a view computes nothing: its fingerprint is its base's mixed with the op
             base = inputs[0]
-            outputs = tuple(
-                [self._view(t, base, k, args_hash, info, index) for k, t in enumerate(out_tensors)]
-            )
+            outputs = []
+            op_hash = info.op_hash
+            for k, t in enumerate(out_tensors):
+                size = t.shape
+                shape = interned.get(size)
+                if shape is None:
+                    shape = interned[size] = tuple(size)
+                h = _xxh(MIX_PACK(base[0], op_hash, args_hash, k))
+                dtype = DTYPE_NAMES.get(t.dtype) or dtype_name(t.dtype)
+                outputs.append(_new_tuple(TensorSig, (h, dtype, shape, "traced", index, base[5])))
             # a view shares its base's version counter only once ADInplaceOrView (above this
             # mode) has wrapped it: remember it when the next op starts
-            self._settle = [(weakref.ref(t), o) for t, o in zip(out_tensors, outputs, strict=True)]
+            self._settle = [(_ref(t), o) for t, o in zip(out_tensors, outputs, strict=True)]
         else:
             # outputs computed from tensors are trusted while their version counter holds;
             # factory outputs (no tensor input: zeros, full, empty...) are buffers code fills,
             # and so are views of them: hashed, and re-hashed whenever read
             trusted = bool(inputs) and not info.view
-            uninit = info.uninit or bool(info.view and inputs and inputs[0].cls == "uninitialized")
-            outputs = tuple([self._output(t, index, trusted, uninit) for t in out_tensors])
+            uninit = info.uninit or bool(info.view and inputs and inputs[0][5] == _UNINITIALIZED)
+            outputs = []
+            fast = self._fast
+            hashed = self._hashed
+            check_uninit = self._uninit_hashes
+            for t in out_tensors:
+                dtype = fast.get(t.dtype)
+                if (
+                    uninit
+                    or dtype is None
+                    or not t.is_cpu
+                    or type(t) not in _PLAIN
+                    or t.layout != _STRIDED
+                    or not t.is_contiguous()
+                ):
+                    outputs.append(self._output(t, index, trusted, uninit))
+                    continue
+                n = t.nbytes
+                buffer = BUFFER_TYPES.get(n)
+                if buffer is not None:
+                    h = _xxh(buffer.from_address(t.data_ptr()))
+                else:
+                    h = memory_hash(t.data_ptr(), n) if n else EMPTY_HASH
+                size = t.shape
+                shape = interned.get(size)
+                if shape is None:
+                    shape = interned[size] = tuple(size)
+                sig = _new_tuple(TensorSig, (h, dtype, shape, "traced", index, None))
+                if h in check_uninit:
+                    self._initialised(t, sig)
+                hashed.append(sig)
+                try:
+                    live[id(t)] = (_ref(t), t._version if trusted else None, sig)
+                except (TypeError, RuntimeError):
+                    pass
+                outputs.append(sig)
             if written and trusted and not uninit:
                 # their version counter moves once more when the op returns (ADInplaceOrView
                 # bumps it above this mode): read it when the next op starts
-                self._settle = [
-                    (weakref.ref(t), o) for t, o in zip(out_tensors, outputs, strict=True)
-                ]
+                self._settle = [(_ref(t), o) for t, o in zip(out_tensors, outputs, strict=True)]
         if index in self.capture_outputs_of:
             self.captured[index] = tuple(t.detach().to("cpu", copy=True) for t in out_tensors)
 
-        calls = self._calls.get(info.op, 0)
-        self._calls[info.op] = calls + 1
-        module_path = ""
         if self._module_stack:
             module_path = self._module_stack[-1][1]
-        elif forward_index >= 0:
-            module_path = events[forward_index].module_path
-        events.append(
-            OpEvent(
-                index,
-                info.op,
-                info.overload,
-                calls,
+        elif forward_index >= 0:  # a backward op: the module of its forward op
+            built = len(self._built)
+            if forward_index >= built:
+                module_path = rows[forward_index - built][4]
+            else:
+                module_path = self._built[forward_index].module_path
+        else:
+            module_path = ""
+        try:
+            frame = _getframe(_depth[0] if _depth else self._find_depth())
+        except ValueError:  # the autograd engine's device threads: the stack ends above us
+            frame = None
+        locator = self._locator
+        if frame in locator.held_set:  # below the frames of the last op: the same line
+            source = locator.held_text
+        else:
+            source = self._locate(frame)
+        rows.append(
+            (
+                info,
                 tuple(inputs),
-                outputs,
-                self._locate(_caller(_depth[0] if _depth else self._find_depth())),
+                tuple(outputs),
+                source,
                 module_path,
                 args_hash,
+                scalars,
                 rng,
                 flags,
                 node_name,
@@ -589,16 +527,58 @@ class OpTracer(TorchDispatchMode):
 
     @staticmethod
     def _find_depth() -> int:
-        _depth.append(_caller_depth(sys._getframe(2)))
+        _depth.append(caller_depth(_getframe(2)))
         return _depth[0]
 
     def _is_buffer(self, t: torch.Tensor, sig: TensorSig) -> bool:
         """Is ``t`` memory that code outside the dispatcher may fill (uninitialised, or the
         output of a factory op, or a view of one)? Views of it are hashed, not derived."""
-        if sig.cls == "uninitialized":
+        if sig.cls == _UNINITIALIZED:
             return True
         entry = self._live.get(id(t))
         return entry is not None and entry[1] is None and entry[0]() is t
+
+    # -- the events --------------------------------------------------------------------------
+
+    @property
+    def events(self) -> list[OpEvent]:
+        """The recorded events, in order (built from the hook's rows on read, and kept)."""
+        rows = self._rows
+        if rows:
+            built = self._built
+            calls = self._calls
+            interned = self._interned
+            for info, inputs, outputs, source, module_path, ahash, scalars, rng, *rest in rows:
+                flags, node_name, forward_index, requires_grad = rest
+                op = info.op
+                count = calls.get(op, 0)
+                calls[op] = count + 1
+                if ahash is None:  # not needed while tracing: hashed here
+                    ahash = scalars_hash(info, scalars) if scalars else 0
+                if flags:  # shared per op (per op: (True,) == (1,) across ops)
+                    flags = info.flag_values.setdefault(flags, flags)
+                if node_name is not None:
+                    node_name = interned.setdefault(node_name, node_name)
+                built.append(
+                    OpEvent(
+                        len(built),
+                        op,
+                        info.overload,
+                        count,
+                        inputs,
+                        outputs,
+                        source,
+                        module_path,
+                        ahash,
+                        rng,
+                        flags,
+                        node_name,
+                        forward_index,
+                        requires_grad,
+                    )
+                )
+            rows.clear()
+        return self._built
 
     # -- conveniences ------------------------------------------------------------------------
 
@@ -613,3 +593,6 @@ class OpTracer(TorchDispatchMode):
         if event.forward_index >= 0:
             return self.events[event.forward_index].source
         return event.source
+
+
+OpTracer.__torch_dispatch__ = keep_dynamo_out(OpTracer.__dict__["__torch_dispatch__"])
