@@ -95,7 +95,7 @@ class NoHashing(OpTracer):
 class NoAutogradLinks(OpTracer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._current_node = None
+        self._current_node = lambda: None
         self._get_seq = None
 
 

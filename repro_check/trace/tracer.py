@@ -93,14 +93,15 @@ def _sig(fields: tuple) -> TensorSig:
     return _new_tuple(TensorSig, fields)
 
 
+def _no_node() -> None:
+    return None  # a torch without torch._C._current_autograd_node: no backward links
+
+
 def _data_ptr(t: torch.Tensor) -> int:
     try:
         return t.data_ptr()
     except Exception:
         return -1
-
-
-_depth: list[int] = []  # frames from __torch_dispatch__ up to the op's caller, once known
 
 
 class OpTracer(TorchDispatchMode):
@@ -159,7 +160,9 @@ class OpTracer(TorchDispatchMode):
         self._hooks: list[Any] = []
         self._thread = 0
         self._get_seq = getattr(torch._C._autograd, "_get_sequence_nr", None)
-        self._current_node = getattr(torch._C, "_current_autograd_node", None)
+        self._current_node = getattr(torch._C, "_current_autograd_node", _no_node)
+
+    _depth = 0  # frames from the hook up to the op's caller, once known (per class)
 
     @classmethod
     def _should_skip_dynamo(cls) -> bool:
@@ -362,13 +365,16 @@ class OpTracer(TorchDispatchMode):
             flatten(args, leaves)
             if kwargs:
                 out_names = info.out_names
-                flatten([v for k, v in kwargs.items() if k not in out_names], leaves)
+                if out_names:
+                    flatten([v for k, v in kwargs.items() if k not in out_names], leaves)
+                else:
+                    flatten(list(kwargs.values()), leaves)
         else:
             leaves = args
         trust = not self.verify_inputs
         inputs = []
         scalars = []
-        first = None  # the first tensor input: a view's base
+        first = first_entry = None  # the first tensor input (a view's base), its _live entry
         for x in leaves:
             if isinstance(x, _Tensor):
                 e = live.get(id(x))  # trusted while its producer's version holds
@@ -377,7 +383,7 @@ class OpTracer(TorchDispatchMode):
                 else:
                     inputs.append(self._input(x, index, e))
                 if first is None:
-                    first = x
+                    first, first_entry = x, e
             else:
                 scalars.append(x)
         # the argument hash is needed now only by views (their fingerprint mixes it in)
@@ -389,7 +395,7 @@ class OpTracer(TorchDispatchMode):
 
         # autograd linkage: backward ops run inside an autograd node; forward ops that need a
         # gradient have just had their node created (the sequence counter moved).
-        node = self._current_node() if self._current_node is not None else None
+        node = self._current_node()
         node_name = None
         forward_index = -1
         requires_grad = False
@@ -424,7 +430,14 @@ class OpTracer(TorchDispatchMode):
                     out_tensors.append(x)
         interned = self._interned
         outputs: Any
-        if info.view and inputs and trust and not self._is_buffer(first, inputs[0]):
+        if (
+            info.view
+            and inputs
+            and trust
+            and inputs[0][5] != _UNINITIALIZED
+            # a buffer (the output of a factory op, or a view of one: code may fill it): hashed
+            and not (first_entry and first_entry[1] is None and first_entry[0]() is first)
+        ):
             # a view computes nothing: its fingerprint is its base's mixed with the op
             base = inputs[0]
             outputs = []
@@ -439,13 +452,13 @@ class OpTracer(TorchDispatchMode):
                 outputs.append(_new_tuple(TensorSig, (h, dtype, shape, "traced", index, base[5])))
             # a view shares its base's version counter only once ADInplaceOrView (above this
             # mode) has wrapped it: remember it when the next op starts
-            self._settle = [(_ref(t), o) for t, o in zip(out_tensors, outputs, strict=True)]
+            self._settle = list(zip(map(_ref, out_tensors), outputs, strict=True))
         else:
             # outputs computed from tensors are trusted while their version counter holds;
             # factory outputs (no tensor input: zeros, full, empty...) are buffers code fills,
             # and so are views of them: hashed, and re-hashed whenever read
-            trusted = bool(inputs) and not info.view
-            uninit = info.uninit or bool(info.view and inputs and inputs[0][5] == _UNINITIALIZED)
+            trusted = not info.view and len(inputs) > 0
+            uninit = info.uninit or (info.view and inputs and inputs[0][5] == _UNINITIALIZED)
             outputs = []
             fast = self._fast
             hashed = self._hashed
@@ -484,7 +497,7 @@ class OpTracer(TorchDispatchMode):
             if written and trusted and not uninit:
                 # their version counter moves once more when the op returns (ADInplaceOrView
                 # bumps it above this mode): read it when the next op starts
-                self._settle = [(_ref(t), o) for t, o in zip(out_tensors, outputs, strict=True)]
+                self._settle = list(zip(map(_ref, out_tensors), outputs, strict=True))
         if index in self.capture_outputs_of:
             self.captured[index] = tuple(t.detach().to("cpu", copy=True) for t in out_tensors)
 
@@ -499,7 +512,7 @@ class OpTracer(TorchDispatchMode):
         else:
             module_path = ""
         try:
-            frame = _getframe(_depth[0] if _depth else self._find_depth())
+            frame = _getframe(self._depth or self._find_depth())
         except ValueError:  # the autograd engine's device threads: the stack ends above us
             frame = None
         locator = self._locator
@@ -525,18 +538,10 @@ class OpTracer(TorchDispatchMode):
         )
         return out
 
-    @staticmethod
-    def _find_depth() -> int:
-        _depth.append(caller_depth(_getframe(2)))
-        return _depth[0]
-
-    def _is_buffer(self, t: torch.Tensor, sig: TensorSig) -> bool:
-        """Is ``t`` memory that code outside the dispatcher may fill (uninitialised, or the
-        output of a factory op, or a view of one)? Views of it are hashed, not derived."""
-        if sig.cls == _UNINITIALIZED:
-            return True
-        entry = self._live.get(id(t))
-        return entry is not None and entry[1] is None and entry[0]() is t
+    @classmethod
+    def _find_depth(cls) -> int:
+        cls._depth = caller_depth(_getframe(2))
+        return cls._depth
 
     # -- the events --------------------------------------------------------------------------
 
