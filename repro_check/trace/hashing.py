@@ -25,6 +25,7 @@ __all__ = [
     "EMPTY_HASH",
     "MIX_PACK",
     "content_hash",
+    "data_ptr",
     "dtype_name",
     "fast_dtypes",
     "memory_hash",
@@ -95,6 +96,14 @@ def mix(base: int, op: int, args: int, position: int) -> int:
     the op, its arguments and the output's position. The same on every machine and Python
     version (traces are compared across machines), unlike ``hash()``."""
     return xxhash.xxh3_64_intdigest(MIX_PACK(base, op, args, position))
+
+
+def data_ptr(t: torch.Tensor) -> int:
+    """The tensor's data address, or -1 (no storage: meta tensors, some subclasses)."""
+    try:
+        return t.data_ptr()
+    except Exception:
+        return -1
 
 
 def content_hash(t: torch.Tensor) -> tuple[int, str | None]:

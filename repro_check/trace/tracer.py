@@ -33,6 +33,9 @@ as little per op as the diff needs):
 * **Views are not hashed.** The output of a view op (``view``, ``transpose``, ``t``,
   ``expand``, ``detach``...) is its input's fingerprint mixed with the op and its arguments: a
   view computes nothing, and its content is equal exactly when its input's is.
+* **Events are built when read.** Per op the hook keeps a row of what must be read while the
+  op runs (fingerprints, source line, module, autograd links); call indices, the argument hash
+  of non-view ops and the ``OpEvent`` objects are made when ``events`` is first read.
 
 Tracing does not change numerics: the mode calls each op exactly as it was called and only
 reads the results.
@@ -58,6 +61,7 @@ from repro_check.trace.hashing import (
     EMPTY_HASH,
     MIX_PACK,
     content_hash,
+    data_ptr,
     dtype_name,
     fast_dtypes,
     memory_hash,
@@ -91,17 +95,6 @@ _ref = weakref.ref
 def _sig(fields: tuple) -> TensorSig:
     """``TensorSig(*fields)`` without NamedTuple's Python-level ``__new__`` (hot path)."""
     return _new_tuple(TensorSig, fields)
-
-
-def _no_node() -> None:
-    return None  # a torch without torch._C._current_autograd_node: no backward links
-
-
-def _data_ptr(t: torch.Tensor) -> int:
-    try:
-        return t.data_ptr()
-    except Exception:
-        return -1
 
 
 class OpTracer(TorchDispatchMode):
@@ -160,7 +153,7 @@ class OpTracer(TorchDispatchMode):
         self._hooks: list[Any] = []
         self._thread = 0
         self._get_seq = getattr(torch._C._autograd, "_get_sequence_nr", None)
-        self._current_node = getattr(torch._C, "_current_autograd_node", _no_node)
+        self._current_node = getattr(torch._C, "_current_autograd_node", lambda: None)
 
     _depth = 0  # frames from the hook up to the op's caller, once known (per class)
 
@@ -286,7 +279,7 @@ class OpTracer(TorchDispatchMode):
         key = (h, dtype, shape)
         if self._uninit:
             u = self._uninit.get(key)
-            if u is not None and u[0] == _data_ptr(t):  # still the garbage it was allocated with
+            if u is not None and u[0] == data_ptr(t):  # still the garbage it was allocated with
                 return _sig((0, dtype, shape, "traced", u[1], _UNINITIALIZED))
         producer = self._producer(key)
         if producer is not None:
@@ -307,7 +300,7 @@ class OpTracer(TorchDispatchMode):
         fingerprint for reads while the version counter holds."""
         h, dtype, shape, cls = self._hash(t)
         if uninit:
-            self._uninit[(h, dtype, shape)] = (_data_ptr(t), index)
+            self._uninit[(h, dtype, shape)] = (data_ptr(t), index)
             self._uninit_hashes.add(h)
             sig = _sig((0, dtype, shape, "traced", index, _UNINITIALIZED))
             trusted = False
@@ -323,7 +316,7 @@ class OpTracer(TorchDispatchMode):
         an identical earlier run): it is initialised now."""
         key = (sig[0], sig[1], sig[2])
         u = self._uninit.get(key)
-        if u is not None and u[0] == _data_ptr(t):
+        if u is not None and u[0] == data_ptr(t):
             del self._uninit[key]
 
     def _remember(self, t: torch.Tensor, sig: TensorSig, trusted: bool) -> None:
