@@ -694,3 +694,58 @@ def test_recorded_keys_follow_every_layout_change(tmp_path):
         entries = step_and_record(step, change)
     assert "model.0.bias" in entries and "model.late.weight" in entries
     recorder.close()
+
+
+def test_reserve_many_is_reserve_key_by_key(tmp_path):
+    """Repeated keys (in one call and across calls) and a budget running out mid-record."""
+    keys = [
+        ("a", "f", (1,)),
+        ("b", "f", (2,)),
+        ("a", "f", (1,)),
+        ("c", "f", (9,)),
+        ("b", "f", (2,)),
+    ]
+    sizes = [4, 8, 4, 36, 8]
+
+    def places(refs):
+        return [None if ref is None else (ref.offset, ref.nbytes) for ref in refs]
+
+    for budget in (100, 40, 12, 3):
+        one = SpillWriter(tmp_path / f"one-{budget}.bin", budget)
+        many = SpillWriter(tmp_path / f"many-{budget}.bin", budget)
+        for _ in range(2):  # the second time, every key is known (unless exhausted)
+            expected = []
+            for key, n in zip(keys, sizes, strict=True):  # what record() did key by key
+                expected.append(one.reserve(key, n) if not one.exhausted else (None, False))
+            refs, fresh = many.reserve_many(keys, sizes)
+            assert places(refs) == places([ref for ref, _ in expected])
+            assert fresh == [i for i, (_, new) in enumerate(expected) if new]
+            assert (many.written, many.exhausted) == (one.written, one.exhausted)
+
+
+def test_small_records_are_written_together(tmp_path, monkeypatch):
+    """Private copies of small records wait for one hand-over to the writer thread (or for
+    flush); the file then holds every record's bytes at its place."""
+    handed = []
+    monkeypatch.setattr(spill_module, "HANDOFF_BYTES", 3000)
+    monkeypatch.setattr(
+        spill_module, "_write_sorted", lambda fd, w: handed.append(len(w)) or orig(fd, w)
+    )
+    orig = spill_module._write_at
+    recorder = Recorder(SpillWriter(tmp_path / "spill.bin", 64 * MB))
+    weight = torch.zeros(100)
+    entries = []
+    for step in range(10):
+        weight += 1
+        state = {"w": weight, "b": weight[:7] * 2, "n": torch.arange(3) + step}
+        entries.append(recorder.record(step, state).entries)
+    recorder.close()
+    assert 2 <= len(handed) < 10  # a few hand-overs, not one per record
+    for step, found in enumerate(entries):
+        assert torch.equal(
+            read_spilled(found["w"].spill, "float32", (100,)), torch.full((100,), step + 1.0)
+        )
+        assert torch.equal(
+            read_spilled(found["b"].spill, "float32", (7,)), torch.full((7,), 2 * step + 2.0)
+        )
+        assert torch.equal(read_spilled(found["n"].spill, "int64", (3,)), torch.arange(3) + step)

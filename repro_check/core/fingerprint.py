@@ -25,8 +25,11 @@ the hash on a background thread.
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 import math
+import operator
 import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -354,6 +357,8 @@ def fingerprint_many(
 
 
 def _parts(group: list[int], nbytes: list[int], limit: int) -> list[list[int]]:
+    if sum(map(nbytes.__getitem__, group)) <= limit:
+        return [group]
     parts: list[list[int]] = [[]]
     size = 0
     for i in group:
@@ -369,36 +374,68 @@ def _fingerprint_host_group(
     batch: FingerprintBatch, group: list[int], dtype: torch.dtype, count_nonfinite: bool
 ) -> None:
     """Small CPU tensors of one dtype: one copy into one buffer, xxh3 per slice, stats of all
-    of them by one numpy reduction per statistic."""
+    of them by one numpy reduction per statistic. Per-tensor steps are ``map`` over builtins
+    (no Python frame per tensor): records hold hundreds of small tensors."""
     import torch
 
-    members = [batch.tensors[i] for i in group]
+    members = list(map(batch.tensors.__getitem__, group))
+    nbytes = list(map(batch.nbytes.__getitem__, group))
     buffer = concatenated(members)
-    raw = buffer.view(torch.uint8).numpy()
-    view = memoryview(raw)
+    native = _numpy_views().get(dtype)  # numpy's own view of the buffer: cheaper than torch's
+    array = buffer.numpy().view(native) if native is not None else None
+    raw = array.view(np.uint8) if array is not None else buffer.view(torch.uint8).numpy()
     name = dtype_name(dtype)
-    nbytes = [batch.nbytes[i] for i in group]
+    count = len(group)
+    stats: list[StatsRow | None]
     if count_nonfinite and has_stats(dtype):
-        real = torch.view_as_real(buffer).reshape(-1) if dtype.is_complex else buffer
-        values = (real if real.dtype == torch.float64 else real.to(torch.float64)).numpy()
-        per_value = real.element_size()
-        stats: list[StatsRow | None] = host_stats(  # type: ignore[assignment]
-            values, tuple(n // per_value for n in nbytes)
-        )
+        if array is not None:  # float32 widens exactly, by the same instruction as in torch
+            values = array if array.dtype == np.float64 else array.astype(np.float64)
+            per_value = array.itemsize
+        else:
+            real = torch.view_as_real(buffer).reshape(-1) if dtype.is_complex else buffer
+            values = (real if real.dtype == torch.float64 else real.to(torch.float64)).numpy()
+            per_value = real.element_size()
+        lengths = tuple(map(operator.floordiv, nbytes, itertools.repeat(per_value, count)))
+        rows, flagged = host_stats(values, lengths)
+        stats = rows  # type: ignore[assignment]
     else:
-        stats = [None] * len(group)
-    digest = xxhash.xxh3_64_hexdigest
-    new = _new_fingerprint
-    slices, fingerprints = batch._bytes, batch.fingerprints
-    offset = 0
-    for i, tensor, n, row in zip(group, members, nbytes, stats, strict=True):
-        end = offset + n
-        slices[i] = (raw, offset)
-        nan = inf = 0
-        if row is not None and (row[NAN] or row[POSINF] or row[NEGINF]):
-            nan, inf = _nonfinite(tensor, row)  # rare: only then a call
-        fingerprints[i] = new(digest(view[offset:end]), name, tuple(tensor.shape), nan, inf, row)
-        offset = end
+        stats, flagged = [None] * count, []
+    ends = list(itertools.accumulate(nbytes))
+    starts = [0, *ends[:-1]]
+    view = memoryview(raw)
+    digests = map(xxhash.xxh3_64_hexdigest, map(view.__getitem__, map(slice, starts, ends)))
+    shapes = map(tuple, map(_SHAPE, members))
+    zeros = itertools.repeat(0)
+    made = map(_new_fingerprint, digests, itertools.repeat(name), shapes, zeros, zeros, stats)
+    fingerprints = batch.fingerprints
+    collections.deque(map(fingerprints.__setitem__, group, made), maxlen=0)
+    collections.deque(map(batch._bytes.__setitem__, group, zip(itertools.repeat(raw), starts)), 0)
+    for k in flagged:  # rare: segments that may hold NaN or inf
+        i = group[k]
+        fp = fingerprints[i]
+        nan, inf = _nonfinite(members[k], stats[k])
+        fingerprints[i] = _new_fingerprint(fp.digest, name, fp.shape, nan, inf, stats[k])
+
+
+_SHAPE = operator.attrgetter("shape")
+
+
+@functools.lru_cache(maxsize=1)
+def _numpy_views() -> dict[torch.dtype, type]:
+    """The numpy dtype that views a flat buffer of these dtypes (complex: its real parts); the
+    others go through torch."""
+    import torch
+
+    return {
+        torch.float32: np.float32,
+        torch.float64: np.float64,
+        torch.complex64: np.float32,
+        torch.complex128: np.float64,
+        torch.int64: np.int64,
+        torch.int32: np.int32,
+        torch.uint8: np.uint8,
+        torch.bool: np.bool_,
+    }
 
 
 def _nonfinite(tensor: torch.Tensor, row: StatsRow | None) -> tuple[int, int]:

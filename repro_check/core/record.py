@@ -10,6 +10,7 @@ Python numbers (optimizer hyper-parameters) are fingerprinted without making ten
 
 from __future__ import annotations
 
+import operator
 import random
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -321,24 +322,18 @@ class Recorder:
         if spill.exhausted:
             self.run.spill_exhausted = True
             return [None] * len(fingerprints)
-        refs, fresh = spill.reserve_many(
-            [(f.digest, f.dtype, f.shape) for f in fingerprints], sizes
-        )
+        refs, fresh = spill.reserve_many(list(map(_SPILL_KEY, fingerprints)), sizes)
         self.run.spill_exhausted = self.run.spill_exhausted or spill.exhausted
         if not fresh:
             return refs
         in_batch = dict(zip(positions, range(len(positions)), strict=True))
-        writes: list[tuple[SpillRef, Any, bool]] = []
-        from_batch, batch_refs = [], []
-        for position in fresh:
-            data = scalar_bytes[position]
-            if data is not None:
-                writes.append((refs[position], data, False))  # type: ignore[arg-type]
-            else:
-                from_batch.append(in_batch[position])
-                batch_refs.append(refs[position])
-        writes += _byte_runs(spill.path, batch_refs, batch.host_spans(from_batch))
-        spill.put(writes)
+        indices = list(map(in_batch.get, fresh))
+        if None in indices:  # numbers among them (a hyper-parameter's new value, say)
+            spill.put([(refs[p], scalar_bytes[p], False) for p in fresh if p not in in_batch])
+            fresh = [p for p in fresh if p in in_batch]
+            indices = list(map(in_batch.__getitem__, fresh))
+        batch_refs = list(map(refs.__getitem__, fresh))
+        spill.put_spans(batch_refs, batch.host_spans(indices))  # type: ignore[arg-type]
         return refs
 
     def close(self) -> RunRecord:
@@ -349,30 +344,8 @@ class Recorder:
 
 
 _new_entry = frozen_constructor(Entry)
-
-
-def _byte_runs(
-    path: str, refs: list[SpillRef], spans: list[tuple[Any, int, bool]]
-) -> list[tuple[SpillRef, Any, bool]]:
-    """Spill writes ``(place, bytes, aliased)`` for the tensors at ``refs`` whose bytes lie at
-    ``spans`` (buffer, offset, aliased): tensors adjacent both in the file and in one buffer
-    become one write (one record's small tensors usually are all of them)."""
-    writes = []
-    buffer: Any = None
-    aliased = False
-    start = end = place = place_end = 0
-    for ref, (raw, offset, shared) in zip(refs, spans, strict=True):
-        if raw is buffer and offset == end and ref.offset == place_end and shared == aliased:
-            end += ref.nbytes
-            place_end += ref.nbytes
-            continue
-        if buffer is not None:
-            writes.append((SpillRef(path, place, place_end - place), buffer[start:end], aliased))
-        buffer, start, end, aliased = raw, offset, offset + ref.nbytes, shared
-        place, place_end = ref.offset, ref.offset + ref.nbytes
-    if buffer is not None:
-        writes.append((SpillRef(path, place, place_end - place), buffer[start:end], aliased))
-    return writes
+#: What the spill file de-duplicates by: (digest, dtype, shape).
+_SPILL_KEY = operator.attrgetter("digest", "dtype", "shape")
 
 
 def _raise_duplicate(step: int, keys: list[str]) -> None:

@@ -8,14 +8,16 @@ replicas keep fingerprints only and diffs say that element-level detail is unava
 
 Writing is off the training step's path: a record reserves each new tensor's place in the file
 at once (so its :class:`SpillRef` is known), and bytes that are a private copy are written by
-a background thread, all of one record in one system call. :meth:`SpillWriter.flush` waits for
-them; bytes that are a live tensor's own memory are written before ``put`` returns.
+a background thread, those of many small records handed over together, adjacent places in one
+system call. :meth:`SpillWriter.flush` waits for them; bytes that are a live tensor's own
+memory are written before ``put`` returns.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import operator
 import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,10 +35,12 @@ if TYPE_CHECKING:
 #: Bytes queued for the background writer before a record waits for it (bounds the memory that
 #: queued copies hold when the disk is slower than training).
 MAX_PENDING_BYTES = 128 * 2**20
-#: A record's private copies smaller than this are written at once: a write to the page cache
-#: costs less than handing it to the background thread (and its share of the GIL).
-SYNC_BYTES = 256 * 2**10
+#: Private copies are handed to the background writer once the buffers they keep alive reach
+#: this size (or at flush): one hand-over, and one system call, for many small records, where
+#: a hand-over per record cost more of the training thread than writing itself.
+HANDOFF_BYTES = 2**20
 _IOV_MAX = 512  # buffers per pwritev call (the system limit is 1024 on Linux)
+_BUFFER, _START, _ALIASED = (operator.itemgetter(i) for i in range(3))
 
 SpillKey = tuple[str, str, tuple[int, ...]]
 
@@ -64,6 +68,9 @@ class SpillWriter:
         self._end = 0  # where the next tensor goes
         self._pending: collections.deque[tuple[Future[None], int]] = collections.deque()
         self._pending_bytes = 0
+        #: Private copies not yet handed over: (place, buffer, offset in the buffer).
+        self._queued: list[tuple[SpillRef, Any, int]] = []
+        self._queued_bytes = 0  # the memory they keep alive (whole buffers, not just slices)
 
     def reserve(self, key: SpillKey, nbytes: int) -> tuple[SpillRef | None, bool]:
         """Where the tensor ``key`` (digest, dtype, shape) is stored, and whether the caller
@@ -88,41 +95,78 @@ class SpillWriter:
         """:meth:`reserve` for each key in order (one record's), none once the budget is
         exhausted: every key's place (None past the budget) and the positions whose bytes the
         caller must now :meth:`put`."""
-        refs: list[SpillRef | None] = [None] * len(keys)
-        fresh: list[int] = []
+        count = len(keys)
         known = self._by_digest
-        for position, key in enumerate(keys):
-            if self.exhausted:
-                break
-            ref = known.get(key)
+        refs: list[SpillRef | None] = [None] * count
+        fresh: list[int] = []
+        if self.exhausted:
+            return refs, fresh
+        refs = list(map(known.get, keys))  # what was stored before: all of it, often
+        if None not in refs:
+            return refs, fresh
+        end, written = self._end, self.written
+        for position in range(refs.index(None), count):
+            if refs[position] is not None:
+                continue
+            key = keys[position]
+            ref = known.get(key)  # the same bytes twice in one record: reserved just now
             if ref is None:
-                ref, new = self.reserve(key, sizes[position])
-                if new:
-                    fresh.append(position)
+                nbytes = sizes[position]
+                if written + nbytes > self.budget_bytes:
+                    self.exhausted = True
+                    refs[position:] = [None] * (count - position)
+                    break
+                if self._file is None:
+                    self._open()
+                    end = self._end
+                ref = known[key] = _new_ref(self.path, end, nbytes)
+                end += nbytes
+                written += nbytes
+                fresh.append(position)
             refs[position] = ref
+        self._end, self.written = end, written
         return refs, fresh
 
     def put(self, writes: list[tuple[SpillRef, Any, bool]]) -> None:
         """Write reserved places: ``(ref, bytes, aliased)``. Bytes that alias a live tensor
-        are written now; private copies on the background thread."""
-        now = [(ref, data) for ref, data, aliased in writes if aliased]
-        later = [(ref, data) for ref, data, aliased in writes if not aliased]
-        if not self._pending and sum(ref.nbytes for ref, _ in later) < SYNC_BYTES:
-            now, later = now + later, []  # cheaper than handing them over to the thread
-        fd = self._file.fileno() if writes else -1
-        if later and not hasattr(os, "pwritev"):
-            now, later = now + later, []
-        if now:
+        are written now; private copies on the background thread, gathered across records
+        (:data:`HANDOFF_BYTES`)."""
+        self.put_spans([w[0] for w in writes], [(data, 0, aliased) for _, data, aliased in writes])
+
+    def put_spans(self, refs: list[SpillRef], spans: list[tuple[Any, int, bool]]) -> None:
+        """:meth:`put` for bytes that lie at ``(buffer, offset, aliased)`` (one record's small
+        tensors share one buffer), sliced where they are written: not a step per tensor on
+        the training thread."""
+        if any(map(_ALIASED, spans)):
+            now = [(r, b, o) for r, (b, o, aliased) in zip(refs, spans, strict=True) if aliased]
             try:
-                _write_at(fd, now)
+                _write_at(self._file.fileno(), now)
             except OSError as exc:
                 raise self._write_error(exc) from None
-        if later:
-            nbytes = sum(ref.nbytes for ref, _ in later)
-            while self._pending and self._pending_bytes + nbytes > MAX_PENDING_BYTES:
-                self._wait_oldest()
-            self._pending.append((_writer().submit(_write_at, fd, later), nbytes))
-            self._pending_bytes += nbytes
+            refs = [r for r, (_, _, aliased) in zip(refs, spans, strict=True) if not aliased]
+            spans = [span for span in spans if not span[2]]
+        if not refs:
+            return
+        later = list(zip(refs, map(_BUFFER, spans), map(_START, spans), strict=True))
+        if not hasattr(os, "pwritev"):  # no background writes: see _write_run
+            try:
+                _write_at(self._file.fileno(), later)
+            except OSError as exc:
+                raise self._write_error(exc) from None
+            return
+        self._queued += later
+        owners = dict(zip(map(id, map(_BUFFER, spans)), map(_BUFFER, spans), strict=True))
+        self._queued_bytes += sum(memoryview(owner).nbytes for owner in owners.values())
+        if self._queued_bytes >= HANDOFF_BYTES:
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        later, nbytes = self._queued, self._queued_bytes
+        self._queued, self._queued_bytes = [], 0
+        while self._pending and self._pending_bytes + nbytes > MAX_PENDING_BYTES:
+            self._wait_oldest()
+        self._pending.append((_writer().submit(_write_sorted, self._file.fileno(), later), nbytes))
+        self._pending_bytes += nbytes
 
     def write(self, key: SpillKey, data: np.ndarray) -> SpillRef | None:
         """Store ``data`` (a flat uint8 array) unless stored before; None past the budget."""
@@ -154,6 +198,8 @@ class SpillWriter:
 
     def flush(self) -> None:
         """Wait until every reserved byte is in the file (raises the first write error)."""
+        if self._queued:
+            self._hand_over()
         while self._pending:
             self._wait_oldest()
 
@@ -164,12 +210,23 @@ class SpillWriter:
             self._file = None
 
 
-def _write_at(fd: int, writes: list[tuple[SpillRef, Any]]) -> None:
-    """Write each buffer at its reserved offset: runs of adjacent places in one call each."""
+def _offset(write: tuple[SpillRef, Any, int]) -> int:
+    return write[0].offset
+
+
+def _write_sorted(fd: int, writes: list[tuple[SpillRef, Any, int]]) -> None:
+    """:func:`_write_at` in file order: the places of successive records join up."""
+    writes.sort(key=_offset)
+    _write_at(fd, writes)
+
+
+def _write_at(fd: int, writes: list[tuple[SpillRef, Any, int]]) -> None:
+    """Write each ``(place, buffer, offset in it)`` at its place: runs of adjacent places in
+    one call each."""
     run: list[memoryview] = []
     start = end = 0
-    for ref, data in writes:
-        view = memoryview(data).cast("B")
+    for ref, buffer, offset in writes:
+        view = memoryview(buffer).cast("B")[offset : offset + ref.nbytes]
         if run and (ref.offset != end or len(run) == _IOV_MAX):
             _write_run(fd, run, start)
             run = []

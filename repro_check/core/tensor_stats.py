@@ -258,7 +258,7 @@ class _Layout:
     starts: np.ndarray  # their first elements
     counts: np.ndarray  # their lengths (float64, for the means)
     gather: np.ndarray  # the elements every sample reads, segment after segment
-    sample_bounds: list[tuple[int, int]]  # each nonempty segment's slice of gather
+    sample_bounds: list[slice]  # each nonempty segment's slice of gather
     sample_index: list[tuple[int, ...]]  # each nonempty segment's sample_indices
 
 
@@ -270,7 +270,7 @@ def _layout(lengths: tuple[int, ...]) -> _Layout:
         if n:
             nonempty.append(position)
             starts.append(offset)
-            bounds.append((len(gather), len(gather) + min(n, SAMPLE_SIZE)))
+            bounds.append(slice(len(gather), len(gather) + min(n, SAMPLE_SIZE)))
             gather.extend(offset + i for i in sample_indices(n))
         offset += n
     return _Layout(
@@ -283,35 +283,40 @@ def _layout(lengths: tuple[int, ...]) -> _Layout:
     )
 
 
-def host_stats(values: np.ndarray, lengths: tuple[int, ...]) -> list[StatsRow]:
-    """Stats of consecutive segments of a float64 array: one numpy reduction per statistic for
-    all of them; only segments holding NaN or inf take a second, masked pass."""
+def host_stats(values: np.ndarray, lengths: tuple[int, ...]) -> tuple[list[StatsRow], list[int]]:
+    """Stats of consecutive segments of a float64 array, one numpy reduction per statistic for
+    all of them, and the positions of the segments that may hold NaN or inf (only those take
+    a second, masked pass; the others' NaN/inf counts are 0)."""
     layout = _layout(lengths)
     if not layout.nonempty:
-        return [EMPTY_STATS] * len(lengths)
+        return [EMPTY_STATS] * len(lengths), []
     starts = layout.starts
+    table = np.empty((4, len(starts)))  # one tolist() for the four statistics
     with np.errstate(all="ignore"):
         sums = np.add.reduceat(values, starts)
-        norms = np.sqrt(np.add.reduceat(values * values, starts)).tolist()
-        lows = np.minimum.reduceat(values, starts).tolist()
-        highs = np.maximum.reduceat(values, starts).tolist()
-        means = (sums / layout.counts).tolist()
-    samples = values[layout.gather].tolist()
-    picked = [tuple(samples[a:b]) for a, b in layout.sample_bounds]
+        np.minimum.reduceat(values, starts, out=table[0])
+        np.maximum.reduceat(values, starts, out=table[1])
+        np.divide(sums, layout.counts, out=table[2])
+        np.sqrt(np.add.reduceat(values * values, starts), out=table[3])
+    lows, highs, means, norms = table.tolist()
+    samples = values.take(layout.gather).tolist()
+    picked = list(map(tuple, map(samples.__getitem__, layout.sample_bounds)))  # no frames
     zeros = [0] * len(lows)
     rows = list(
         zip(lows, highs, means, norms, zeros, zeros, zeros, picked, layout.sample_index)  # noqa: B905
     )
-    if not np.isfinite(sums).all():  # a finite sum: no NaN and no inf in the segment
-        for k in np.flatnonzero(~np.isfinite(sums)).tolist():
+    flagged: list[int] = []
+    if not math.isfinite(sum(means)):  # a finite mean (sum): no NaN and no inf in the segment
+        flagged = np.flatnonzero(~np.isfinite(sums)).tolist()
+        for k in flagged:
             start, n = int(starts[k]), lengths[layout.nonempty[k]]
             rows[k] = stats_from(_slow_accumulators(values[start : start + n]), picked[k], n)
     if len(rows) == len(lengths):
-        return rows  # type: ignore[return-value]
+        return rows, flagged  # type: ignore[return-value]
     out: list[StatsRow] = [EMPTY_STATS] * len(lengths)
     for position, row in zip(layout.nonempty, rows, strict=True):
         out[position] = row
-    return out
+    return out, [layout.nonempty[k] for k in flagged]
 
 
 def _slow_accumulators(values: np.ndarray) -> list[float]:
