@@ -11,7 +11,9 @@ are interleaved and the best of ``--repeat`` kept, which is robust to a busy mac
   the CNN, the Transformer and the LSTM);
 * ``<model>_record_cpu_ms`` / ``<model>_record_cpu_pct`` -- CPU time of the training thread
   inside ``record()`` (and ``close()``) per step, and its share of the plain step: the same
-  cost, measured so that waiting for a core on a busy machine does not count.
+  cost, measured so that waiting for a core on a busy machine does not count;
+* ``<model>_record_process_cpu_pct`` -- the extra CPU time of the whole process per step
+  (the spill writer thread included), relative to the plain step's.
 
     python benchmarks/bench_record.py [--steps 60] [--repeat 5] [--threads N]
 """
@@ -58,11 +60,14 @@ def setups():
     yield "lstm", LSTMClassifier(), torch.optim.SGD, (seqs.tensors[0][:32], seqs.tensors[1][:32])
 
 
-def run(model, optimizer, batch, steps: int, recorder: Recorder | None) -> tuple[float, float]:
-    """(wall seconds per step, CPU seconds per step spent in record() and close())."""
+def run(
+    model, optimizer, batch, steps: int, recorder: Recorder | None
+) -> tuple[float, float, float]:
+    """(wall seconds per step, CPU seconds per step spent in record() and close(), process
+    CPU seconds per step)."""
     x, y = batch
     in_record = 0.0
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for step in range(steps):
         loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
@@ -76,7 +81,8 @@ def run(model, optimizer, batch, steps: int, recorder: Recorder | None) -> tuple
         before = time.thread_time()
         recorder.close()
         in_record += time.thread_time() - before
-    return (time.perf_counter() - start) / steps, in_record / steps
+    cpu = (time.process_time() - cpu_start) / steps
+    return (time.perf_counter() - start) / steps, in_record / steps, cpu
 
 
 def main() -> None:
@@ -92,19 +98,24 @@ def main() -> None:
         for name, model, optimizer_cls, batch in setups():
             optimizer = optimizer_cls(model.parameters(), lr=1e-3)
             run(model, optimizer, batch, 5, None)  # warm-up
-            plain, recorded, cpu = [], [], []
+            plain, recorded, cpu, process_plain, process_recorded = [], [], [], [], []
             for r in range(args.repeat):  # interleaved, best of N: robust to a busy machine
-                plain.append(run(model, optimizer, batch, args.steps, None)[0])
+                wall, _, process = run(model, optimizer, batch, args.steps, None)
+                plain.append(wall)
+                process_plain.append(process)
                 spill = SpillWriter(Path(tmp) / f"{name}-{r}.bin", 512 * 2**20)
-                wall, in_record = run(model, optimizer, batch, args.steps, Recorder(spill))
+                wall, in_record, process = run(model, optimizer, batch, args.steps, Recorder(spill))
                 recorded.append(wall)
                 cpu.append(in_record)
+                process_recorded.append(process)
             t_plain, t_rec = min(plain), min(recorded)
             print(f"{name}_step_ms={t_plain * 1e3:.3f}")
             print(f"{name}_step_recorded_ms={t_rec * 1e3:.3f}")
             print(f"{name}_record_overhead_pct={100 * (t_rec - t_plain) / t_plain:.1f}")
             print(f"{name}_record_cpu_ms={min(cpu) * 1e3:.3f}")
             print(f"{name}_record_cpu_pct={100 * min(cpu) / t_plain:.1f}")
+            extra = min(process_recorded) - min(process_plain)
+            print(f"{name}_record_process_cpu_pct={100 * extra / min(process_plain):.1f}")
 
 
 if __name__ == "__main__":
