@@ -816,6 +816,10 @@ XDIST_TESTS = (
 @pytest.mark.parametrize("out", [1, 2, 3, 4])
 @pytest.mark.repro(steps=2)
 def test_width(repro, out):
+    import os
+
+    with open(os.environ["PID_FILE"], "a") as pids:  # which process ran the body
+        pids.write(f"{os.getpid()}\\n")
     train(repro, out=out)
 """
 )
@@ -829,6 +833,9 @@ class XdistStory:
     gate: Session
     summary: str
 
+    def body_processes(self, session: str) -> set[str]:
+        return set((self.path / f"pids-{session}.txt").read_text().split())
+
 
 @pytest.fixture(scope="module")
 def xdist_story(tmp_path_factory) -> XdistStory:
@@ -839,12 +846,23 @@ def xdist_story(tmp_path_factory) -> XdistStory:
     common = ("-n", "2", "--repro", "-p", "no:cacheprovider")
     # one replica suffices to write (saves four torch imports); the gate runs the default two
     update = run_pytest(
-        path, *common, "--repro-update", "--repro-runs=1", "--repro-report=update-report"
+        path,
+        *common,
+        "--repro-update",
+        "--repro-runs=1",
+        "--repro-report=update-report",
+        PID_FILE=str(path / "pids-update.txt"),
     )
     step_summary = path / "step_summary.md"
     step_summary.write_text("earlier step\n")
     # (passed explicitly: clean_env() drops a GITHUB_STEP_SUMMARY inherited from a real CI job)
-    gate = run_pytest(path, *common, "--junitxml=junit.xml", GITHUB_STEP_SUMMARY=str(step_summary))
+    gate = run_pytest(
+        path,
+        *common,
+        "--junitxml=junit.xml",
+        GITHUB_STEP_SUMMARY=str(step_summary),
+        PID_FILE=str(path / "pids-gate.txt"),
+    )
     return XdistStory(path, update, gate, step_summary.read_text())
 
 
@@ -877,6 +895,14 @@ def test_xdist_gate_passes_with_one_summary_and_one_report(xdist_story):
     assert document["totals"]["tests"] == 4 and document["totals"]["failed"] == 0
     assert {t["baseline"]["mode"] for t in document["tests"]} == {"bitwise"}
     assert "unused baseline" not in gate.output
+
+
+def test_xdist_workers_keep_their_replicas_across_tests(xdist_story):
+    """Each xdist worker starts its replicas once and sends them its tests (not a process per
+    test and replica): 4 tests x 2 replicas ran the body in at most 2 workers x 2 processes."""
+    assert xdist_story.gate.outcomes() == {"passed": 4}, xdist_story.gate.output
+    assert len(xdist_story.body_processes("gate")) <= 4  # per test, it would be 8
+    assert len(xdist_story.body_processes("update")) <= 2  # one replica per worker
 
 
 def test_github_step_summary_gets_a_markdown_table(xdist_story):

@@ -406,6 +406,121 @@ def test_a_worker_crashing_in_every_test_is_not_restarted_forever(tmp_path):
     assert "crashed in 3 tests in a row" in results[3].error
 
 
+@dataclass
+class ServingJob(WorkerJob):
+    """A serving worker without a process (pytest-xdist): runs each test appended to its
+    request file; dies (SIGSEGV) in ``crash_on``; holds ``hold`` until ``release`` is set."""
+
+    crash_on: str = ""
+    hold: str = ""
+    release: threading.Event = field(default_factory=threading.Event)
+    ran: list = field(default_factory=list)
+
+    def run(self) -> int:
+        from repro_check.orchestration.serving import follow_requests
+
+        writer = ChannelWriter(self.channel)
+        run = str(self.spec.index)
+        try:
+            for nodeid in follow_requests(self.requests, poll_s=0.001):
+                self.ran.append(nodeid)
+                writer.write({"event": "start", "nodeid": nodeid, "run": run, "time": 0.0})
+                if nodeid == self.crash_on:
+                    return -signal.SIGSEGV
+                if nodeid == self.hold:
+                    self.release.wait(30)
+                writer.write(passed(nodeid, self.spec.index))
+            return 0
+        finally:
+            writer.close()
+
+    def kill(self) -> None:
+        from repro_check.orchestration.serving import stop_serving
+
+        self.cancelled = True
+        self.release.set()
+        stop_serving(self.requests)
+
+    terminate = kill
+
+
+def serving(tmp_path: Path, index: int, nodeids, attempt: int = 0, **kw) -> ServingJob:
+    folder = tmp_path / f"serve-{index}-{attempt}"
+    folder.mkdir()
+    (folder / "requests.txt").touch()
+    return ServingJob(
+        ReplicaSpec(index, {"PYTHONHASHSEED": str(index)}),
+        [],
+        {},
+        str(tmp_path),
+        folder / "channel.jsonl",
+        folder / "output.txt",
+        nodeids=tuple(nodeids),
+        attempt=attempt,
+        requests=folder / "requests.txt",
+        **kw,
+    )
+
+
+def test_serving_workers_run_tests_on_request_a_limited_number_at_once(tmp_path):
+    first = serving(tmp_path, 0, ["a", "b"], hold="a")
+    second = serving(tmp_path, 1, ["a", "b"])
+    pool = ReplicaPool([first, second], concurrency=1)
+    pool.start()
+    try:
+        pool.request("a")
+        deadline = time.monotonic() + 10
+        while not first.ran and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert first.ran == ["a"]
+        time.sleep(0.05)
+        assert second.requests.read_text() == ""  # one at a time: replica 1 waits its turn
+        first.release.set()
+        assert [pool.result("a", i).outcome for i in (0, 1)] == ["passed", "passed"]
+        assert pool.result("b", 1).outcome == "passed"  # asked for out of order: still run
+        assert pool.result("b", 0).outcome == "passed"
+    finally:
+        pool.close()
+    assert first.ran == ["a", "b"] and second.ran == ["a", "b"]
+    assert all(job.process is None and job.cancelled for job in (first, second))
+
+
+def test_a_restarted_serving_worker_is_asked_again_for_what_the_dead_one_had_queued(tmp_path):
+    first = serving(tmp_path, 0, ["a", "b", "c"], crash_on="b")
+    restarted: list[ServingJob] = []
+
+    def relaunch(job, done):
+        restarted.append(serving(tmp_path, 0, job.nodeids, attempt=job.attempt + 1))
+        return restarted[-1]
+
+    pool = ReplicaPool([first], relaunch=relaunch, concurrency=3)
+    pool.start()
+    try:
+        for nodeid in "abc":
+            pool.request(nodeid)  # b and c are queued in the worker that dies in b
+        assert pool.result("a", 0).outcome == "passed"
+        crashed = pool.result("b", 0)
+        assert pool.result("c", 0).outcome == "passed"
+    finally:
+        pool.close()
+    assert crashed.outcome == "crashed" and "killed by SIGSEGV" in crashed.error
+    assert first.ran == ["a", "b"]
+    assert [job.ran for job in restarted] == [["c"]]  # c again, b not: it failed already
+
+
+def test_a_serving_worker_dying_frees_the_turn_another_waits_for(tmp_path):
+    first = serving(tmp_path, 0, ["a"], crash_on="a")
+    second = serving(tmp_path, 1, ["a"])
+    pool = ReplicaPool([first, second], concurrency=1)  # no relaunch: it stays dead
+    pool.start()
+    try:
+        assert pool.result("a", 1).outcome == "passed"  # waits for replica 0's turn to end
+        crashed = pool.result("a", 0)
+    finally:
+        pool.close()
+    assert crashed.outcome == "crashed" and "killed by SIGSEGV" in crashed.error
+
+
 # ----------------------------------------------------------------------------- real faults
 
 FAULTS_FILE = "test_replica_faults.py"

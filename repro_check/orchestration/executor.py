@@ -43,6 +43,13 @@ from repro_check.orchestration.channel import (
     append_channel,
 )
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, RunSpec
+from repro_check.orchestration.serving import RequestQueue, append_requests, stop_serving
+from repro_check.orchestration.worker_output import (
+    STDERR_TAIL_LINES,
+    describe_exit,
+    stack_top,
+    summarize_output,
+)
 
 __all__ = ["ReplicaPool", "WorkerJob", "append_channel", "describe_exit", "worker_env"]
 
@@ -57,7 +64,6 @@ SCRUBBED_ENV = (
 PARENT_PID_ENV = "REPRO_CHECK_PARENT_PID"
 #: A worker that could not write its channel (disk full) exits with this status (ENOSPC's number).
 EXIT_NO_SPACE = 28
-STDERR_TAIL_LINES = 30
 TAIL_BYTES = 64 * 1024  # of a worker's output kept in memory for its failure message
 PR_SET_PDEATHSIG = 1
 
@@ -84,6 +90,9 @@ class WorkerJob:
     attempt: int = 0  # 0: the first process; n: the n-th restart
     #: Where the worker's own watchdog writes the stacks of a test that overran its limit.
     timeout_file: Path | None = None
+    #: A serving worker's request file (:mod:`.serving`): it runs the tests appended there,
+    #: not its whole list. None: it runs ``nodeids`` in order and exits.
+    requests: Path | None = None
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     cancelled: bool = False
     _tail: bytes = field(default=b"", repr=False)
@@ -227,16 +236,6 @@ def _death_signal() -> Callable[[], None] | None:
     return set_death_signal
 
 
-def describe_exit(returncode: int) -> str:
-    if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = f"signal {-returncode}"
-        return f"killed by {name}"
-    return f"exited with status {returncode}"
-
-
 def worker_env(spec: ReplicaSpec, extra_pythonpath: Sequence[str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     env.update(spec.env)
@@ -322,7 +321,9 @@ class ReplicaPool:
         run_jobs: dict[str, int] | None = None,
         relaunch: Relaunch | None = None,
         clock: Callable[[], float] = time.time,
+        concurrency: int | None = None,
     ) -> None:
+        """``concurrency``: for serving workers, how many work at once (default: all)."""
         self._slots = {job.spec.index: _Slot(job, ChannelReader(job.channel)) for job in jobs}
         #: Which job runs which run (by run key); replicas: run "i" is job i.
         self.run_jobs = run_jobs or {str(index): index for index in self._slots}
@@ -334,6 +335,10 @@ class ReplicaPool:
         self._clock = clock
         self._pending: dict[Pair, ReplicaResult] = {}
         self._lock = threading.Lock()
+        serving = any(job.requests is not None for job in jobs)
+        self._requests = (
+            RequestQueue(concurrency or len(jobs), self._send_request) if serving else None
+        )
         _LIVE_POOLS.add(self)
 
     @property
@@ -353,6 +358,9 @@ class ReplicaPool:
         waiting (progress)."""
         key = (nodeid, str(run))
         index = self.run_jobs[str(run)]
+        if self._requests is not None and not self._requests.asked(index, nodeid):
+            with self._lock:
+                self.request(nodeid)
         while True:
             with self._lock:
                 found = self._poll(index, key)
@@ -362,7 +370,33 @@ class ReplicaPool:
                 on_wait()
             time.sleep(self.POLL_SECONDS)
 
+    def request(self, nodeid: str) -> None:
+        """Serving workers: ask every worker that holds ``nodeid`` to run it (in worker
+        order, as many at once as the pool's concurrency allows)."""
+        assert self._requests is not None, "only serving workers take requests"
+        holders = [i for i, slot in self._slots.items() if nodeid in slot.job.nodeids]
+        self._requests.ask((index, nodeid) for index in holders)
+
+    def _send_request(self, index: int, nodeid: str) -> None:
+        requests = self._slots[index].job.requests
+        assert requests is not None
+        append_requests(requests, [nodeid])
+
+    def _finished(self, index: int, nodeid: str) -> None:
+        if self._requests is not None:
+            self._requests.finished(index, nodeid)
+
     def _poll(self, index: int, key: Pair) -> ReplicaResult | None:
+        if self._requests is not None:  # serving: what others finish frees the turn this waits for
+            for other, nodeid in sorted(self._requests.in_flight):
+                other_key = (nodeid, str(other))
+                if other != index and other_key not in self._pending:
+                    found = self._poll_slot(other, other_key)
+                    if found is not None:
+                        self._pending[other_key] = found
+        return self._poll_slot(index, key)
+
+    def _poll_slot(self, index: int, key: Pair) -> ReplicaResult | None:
         slot = self._slots[index]
         self._drain(slot)
         if key in self._pending:
@@ -404,6 +438,7 @@ class ReplicaPool:
                 slot.done.add((result.nodeid, result.key))
                 slot.running = None
                 slot.crashes_in_a_row = 0
+                self._finished(slot.job.spec.index, result.nodeid)
 
     def _enforce_timeout(self, slot: _Slot) -> None:
         """The parent's backstop: kill a worker whose own watchdog did not end an overrun."""
@@ -436,7 +471,7 @@ class ReplicaPool:
                 f"limit with --repro-timeout=SECONDS (ini repro_timeout) or "
                 f"@pytest.mark.repro(timeout=SECONDS).\n"
                 + (
-                    f"Where it was (most recent call first):\n{_where(report)}"
+                    f"Where it was (most recent call first):\n{stack_top(report)}"
                     if report
                     else f"Last lines of its output:\n{job.output_tail()}"
                 )
@@ -451,6 +486,7 @@ class ReplicaPool:
                 f"Last lines of its output:\n{job.output_tail()}"
             )
         key = (running.nodeid, running.run)
+        self._finished(index, running.nodeid)
         self._pending[key] = ReplicaResult(
             running.nodeid,
             index,
@@ -475,6 +511,8 @@ class ReplicaPool:
             )
             return False
         job = self._relaunch(slot.job, set(slot.done))
+        if job.requests is not None and self._requests is not None:
+            append_requests(job.requests, self._requests.outstanding(index))
         self._slots[index] = _Slot(
             job,
             ChannelReader(job.channel),
@@ -488,6 +526,7 @@ class ReplicaPool:
         """The worker is gone and will not run ``key``: say why, with its last words."""
         nodeid, run = key
         job = slot.job
+        self._finished(job.spec.index, nodeid)
         assert slot.future is not None
         exc = slot.future.exception()
         how = f"could not start ({exc})" if exc else describe_exit(slot.future.result())
@@ -505,6 +544,7 @@ class ReplicaPool:
         nodeid, run = key
         job = slot.job
         slot.done.add(key)
+        self._finished(job.spec.index, nodeid)
         what = (
             "it collected no test at all"
             if not slot.collected
@@ -523,52 +563,32 @@ class ReplicaPool:
 
     def close(self) -> None:
         _LIVE_POOLS.discard(self)
+        self._stop_serving()
         for slot in self._slots.values():
             slot.job.terminate()
         if self._owns_executor:
             self._executor.shutdown(wait=True, cancel_futures=True)
+
+    #: How long serving workers get to tear their fixtures down and exit when the pool closes.
+    STOP_GRACE_S = 10.0
+
+    def _stop_serving(self) -> None:
+        """Ask serving workers to finish their sessions (fixture teardown, spill flushed);
+        the ones still running after the grace period are terminated by the caller."""
+        serving = [s for s in self._slots.values() if s.job.requests is not None and s.future]
+        for slot in serving:
+            with contextlib.suppress(OSError):
+                stop_serving(slot.job.requests)  # type: ignore[arg-type]
+        deadline = time.monotonic() + self.STOP_GRACE_S
+        for slot in serving:
+            with contextlib.suppress(Exception):
+                slot.future.result(timeout=max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
 
 
 def _returncode(future: Future[int] | None) -> int | None:
     if future is None or not future.done() or future.exception() is not None:
         return None
     return future.result()
-
-
-def summarize_output(text: str, count: int = STDERR_TAIL_LINES) -> list[str]:
-    """The last ``count`` lines of a worker's output -- or, when the interpreter died of a fatal
-    error (segfault, abort), what came before it, the error, and the top of the stack where it
-    happened (the bottom of that stack is pytest's machinery)."""
-    lines = text.splitlines()
-    fatal = max((i for i, line in enumerate(lines) if line.startswith("Fatal Python")), default=-1)
-    if fatal < 0:
-        return lines[-count:]
-    before = [line for line in lines[max(0, fatal - 6) : fatal] if line.strip()]
-    where = _where("\n".join(lines[fatal:]))
-    return [*before, lines[fatal], "Where it was (most recent call first):", *where.splitlines()]
-
-
-def _where(report: str, frames: int = 8) -> str:
-    """The top of the stack faulthandler dumped for the thread that ran the test: the block
-    marked ``Current thread`` (a crash), else the last one (a timeout lists every thread,
-    newest first, so the main thread comes last); pytest's own frames further down are cut."""
-    lines = report.splitlines()
-    heads = [i for i, line in enumerate(lines) if line.startswith(("Current thread", "Thread"))]
-    current = [i for i in heads if lines[i].startswith("Current thread")]
-    start = (current or heads or [-1])[-1]
-    block = []
-    for line in lines[start + 1 :]:
-        if not line.startswith("  "):
-            break
-        block.append(line)
-    own = next((i for i, line in enumerate(block) if any(m in line for m in _MACHINERY)), None)
-    shown = block[: min(frames, own or frames)]
-    more = f"\n  ... {len(block) - len(shown)} more frames" if len(block) > len(shown) else ""
-    return "\n".join(shown) + more
-
-
-#: Frames of pytest's own machinery: where a test's stack stops being the test's.
-_MACHINERY = (f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}")
 
 
 def python_executable() -> str:

@@ -144,13 +144,18 @@ class WorkerLauncher:
         skip: Sequence[tuple[str, str]] | None = None,
         metrics_only: bool = False,
         attempt: int = 0,
+        serve: bool = False,
     ) -> WorkerJob:
+        """``serve``: the worker runs the tests the parent requests (:mod:`.serving`)."""
         folder = self.tmpdir / (tag if not attempt else f"{tag}-restart-{attempt}")
         spec_path = folder / "spec.json"
         runs = list(runs or [RunSpec(str(spec.index))])
+        requests = folder / "requests.txt" if serve else None
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            self._write_spec(spec_path, nodeids, spec, runs, skip, metrics_only)
+            if requests is not None:
+                requests.touch()
+            self._write_spec(spec_path, nodeids, spec, runs, skip, metrics_only, requests)
         except OSError as exc:
             if is_no_space(exc):
                 raise NoSpaceError(spec_path, "a worker spec") from None
@@ -170,6 +175,7 @@ class WorkerLauncher:
             tag=tag,
             attempt=attempt,
             timeout_file=folder / "timeout.txt",
+            requests=requests,
         )
 
     def relaunch(self, job: WorkerJob, done: set[Pair]) -> WorkerJob:
@@ -185,6 +191,7 @@ class WorkerLauncher:
             skip=sorted(job.skip | done),
             metrics_only=job.metrics_only,
             attempt=job.attempt + 1,
+            serve=job.requests is not None,
         )
 
     def timeout_for(self, nodeid: str) -> float | None:
@@ -208,6 +215,7 @@ class WorkerLauncher:
         runs: Sequence[RunSpec],
         skip: Sequence[tuple[str, str]] | None,
         metrics_only: bool,
+        requests: Path | None,
     ) -> None:
         folder = spec_path.parent
         write_json(
@@ -227,6 +235,7 @@ class WorkerLauncher:
                 "skip": [list(pair) for pair in skip or []],
                 "timeouts": {nodeid: self.timeout_for(nodeid) for nodeid in nodeids},
                 "timeout_file": str(folder / "timeout.txt"),
+                **({"requests": str(requests)} if requests is not None else {}),
             },
         )
 
@@ -237,15 +246,22 @@ class WorkerLauncher:
         tag: str,
         extra: Sequence[tuple[Sequence[str], ReplicaSpec]] = (),
         executor: Executor | None = None,
+        serve: bool = False,
     ) -> ReplicaPool:
         """One worker per replica spec, each running every test in ``nodeids``, and one per
         ``extra`` spec (a backend variant's replica) running its own tests; started. The
-        workers run through ``executor`` (default: local threads, --repro-jobs at once)."""
-        jobs = [self.job(nodeids, spec, f"{tag}-{spec.index}") for spec in specs]
-        jobs += [self.job(ids, spec, f"{tag}-{spec.index}") for ids, spec in extra]
+        workers run through ``executor`` (default: local threads, --repro-jobs at once).
+
+        ``serve``: the workers start at once and run each test when a result for it is asked
+        for (pytest-xdist, where the tests a worker gets are not known in advance); still at
+        most --repro-jobs of them work at a time."""
+        jobs = [self.job(nodeids, spec, f"{tag}-{spec.index}", serve=serve) for spec in specs]
+        jobs += [self.job(ids, spec, f"{tag}-{spec.index}", serve=serve) for ids, spec in extra]
         workers = min(self.settings.jobs, len(jobs))
+        if serve:
+            executor = ThreadPoolExecutor(max_workers=len(jobs))
         executor = executor or ThreadPoolExecutor(max_workers=workers)
-        pool = ReplicaPool(jobs, executor, relaunch=self.relaunch)
+        pool = ReplicaPool(jobs, executor, relaunch=self.relaunch, concurrency=workers)
         pool.start()
         return pool
 

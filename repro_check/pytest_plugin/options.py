@@ -338,7 +338,7 @@ class Options:
         jobs = (
             _positive_int(str(jobs_opt), "--repro-jobs")
             if jobs_opt is not None
-            else default_jobs(runs)
+            else default_jobs(runs, _xdist_workers(config))
         )
         report = pick("report").strip()
         if not report:
@@ -458,20 +458,32 @@ def validate_sweep_options(config: pytest.Config) -> None:
         )
 
 
-def default_jobs(runs: int) -> int:
+def default_jobs(runs: int, sessions: int = 1) -> int:
     """Replica processes at once: as many as the cores allow *given the threads each uses*.
 
     torch uses every core by default; two such replicas side by side oversubscribe the CPU, and
     OpenMP's spinning threads then make both several times slower than running them in turn.
     Replicas must keep the user's thread count (it changes the numbers), so they share cores
-    only when OMP_NUM_THREADS leaves room.
+    only when OMP_NUM_THREADS leaves room. ``sessions`` pytest-xdist workers share the cores:
+    each gets its part.
     """
-    cores = os.cpu_count() or 1
+    cores = max(1, (os.cpu_count() or 1) // max(1, sessions))
     try:
         threads = int(os.environ.get("OMP_NUM_THREADS", "") or cores)
     except ValueError:
         threads = cores
     return max(1, min(runs, cores // max(1, threads)))
+
+
+def _xdist_workers(config: pytest.Config) -> int:
+    """How many pytest-xdist workers share this machine (1 outside xdist)."""
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is None:
+        return 1
+    try:
+        return max(1, int(workerinput.get("workercount", 1)))
+    except (TypeError, ValueError):
+        return 1
 
 
 def _choice(text: str, choices: tuple[str, ...], name: str) -> str:

@@ -243,14 +243,20 @@ class ParentSession(SeededSession):
             self._plan_variants(session.items)
         if not self.subprocess or session.config.option.collectonly:
             return
-        if hasattr(session.config, "workerinput"):
-            return  # under xdist each test starts its own replicas (see pytest_pyfunc_call)
         nodeids = [item.nodeid for item in session.items if is_repro_item(item)]
-        if nodeids:
-            variants = extra_jobs(self.pipeline.variants.plan if self.pipeline.variants else [])
-            self.pool = self.launcher.pool(
-                nodeids, self.specs, "session", extra=variants, executor=self.cluster.executor
-            )
+        if not nodeids:
+            return
+        variants = extra_jobs(self.pipeline.variants.plan if self.pipeline.variants else [])
+        executor = self.cluster.executor
+        # Under xdist this worker runs the tests the controller sends it, not known yet: its
+        # replicas start now over every marked test and run each one when it comes (on a Dask
+        # cluster, whose processes cannot be asked, each test starts its own; see below).
+        serve = hasattr(session.config, "workerinput")
+        if serve and executor is not None:
+            return
+        self.pool = self.launcher.pool(
+            nodeids, self.specs, "session", extra=variants, executor=executor, serve=serve
+        )
 
     def _plan_variants(self, items: Sequence[pytest.Item]) -> None:
         """Backend variants (--repro-variants, marker variants=[...]) judged by the pipeline;
@@ -270,7 +276,7 @@ class ParentSession(SeededSession):
             return None
         pool = self.pool
         own_pool = pool is None
-        if pool is None:  # xdist worker, or collected late: replicas just for this test
+        if pool is None:  # xdist on Dask, or collected late: replicas just for this test
             plan = self.pipeline.variants.plan if self.pipeline.variants else []
             pool = self.launcher.pool(
                 [pyfuncitem.nodeid],

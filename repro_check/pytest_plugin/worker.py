@@ -76,6 +76,8 @@ class WorkerSession(SeededSession):
         #: (test, run id) pairs already finished by an earlier, interrupted sweep.
         self.skip = {(str(n), str(r)) for n, r in spec.get("skip", [])}
         self.metrics_only = bool(spec.get("metrics_only", False))
+        #: Serving (pytest-xdist): run the tests the parent appends to this file, on request.
+        self.requests: str | None = spec.get("requests")
         self.spill = SpillWriter(spec["spill_path"], int(spec["spill_bytes"]))
         self.guard = WorkerGuard(
             self.channel, spec.get("timeouts", {}), spec.get("timeout_file"), self._say
@@ -145,6 +147,35 @@ class WorkerSession(SeededSession):
         if dropped:
             config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
+        """A serving worker's loop: each requested test, in the order asked, until the parent
+        says stop. Module and session fixtures stay set up between tests that share them and
+        are torn down when a test outside them comes (or at the end), as in a normal run."""
+        if self.requests is None:
+            return None  # pytest's own loop over the listed tests
+        from repro_check.orchestration.serving import follow_requests
+
+        if session.testsfailed and not session.config.option.continue_on_collection_errors:
+            return None  # collection errors: pytest's loop reports them and stops
+        items = {item.nodeid: item for item in session.items}
+        for nodeid in follow_requests(self.requests):
+            item = items.get(nodeid)
+            if item is None:
+                continue  # not collected: the parent knows from the collection event
+            self._tear_down_until(item)
+            keep_parents = ParentChain(item.listchain()[:-1])
+            item.config.hook.pytest_runtest_protocol(item=item, nextitem=keep_parents)
+        return True
+
+    def _tear_down_until(self, item: pytest.Item) -> None:
+        """Tear down the fixtures of the previous test's scopes that ``item`` is outside of
+        (pytest does this itself when it knows the next test; a serving worker cannot)."""
+        try:
+            item.session._setupstate.teardown_exact(item)  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001 - the next test must still run
+            self._say(f"a fixture teardown before {item.nodeid} failed: {exc!r}")
 
     def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> bool:
         from _pytest.runner import runtestprotocol
