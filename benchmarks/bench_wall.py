@@ -32,7 +32,10 @@ def main() -> None:
     plain = min(wall(BASE) for _ in range(args.repeat))
     repro = min(wall(BASE + ["--repro", "--repro-report=none"]) for _ in range(args.repeat))
     inprocess = min(
-        wall(BASE + ["--repro", "--repro-mode=inprocess", "--repro-report=none"])
+        wall(
+            BASE
+            + ["--repro", "--repro-mode=inprocess", "--repro-variants=none", "--repro-report=none"]
+        )
         for _ in range(args.repeat)
     )
     print(f"plain_pytest_s={plain:.2f}")
