@@ -2,14 +2,16 @@
 
 1. The op tracer's overhead per training step (traced step / plain step) on the reference CNN
    and Transformer: goal <= 2x. Beside it, the floor any Python ``TorchDispatchMode`` costs
-   (an empty mode that only calls the op), the tracer with ``verify_inputs=True`` (every input
-   re-hashed, views hashed by content: what the tracer did before producers were trusted), and
-   the cost per traced op, and the cost per op of building the events after the step (when
-   ``tracer.events`` is first read; not part of the ratio). Steps alternate between the variants and the best of ``--steps`` is
-   kept, so a busy machine slows them alike. ``--threads 1`` times steps by the thread's CPU
-   time instead of the wall clock: the only figure that holds on a machine shared with other
-   jobs (with 2 threads, a parallel region waits for the second core whenever another process
-   holds it, which slows the traced step, 10x longer, far more often than the plain one).
+   (``empty``: a mode that only calls the op; ``bare``: the same, set up as the tracer's hook
+   is, without torch's Dynamo wrapper: the tracer's own floor), the tracer with
+   ``verify_inputs=True`` (every input re-hashed, views hashed by content: what the tracer did
+   before producers were trusted), the cost per traced op, and the cost per op of building the
+   events once the step is over (when ``tracer.events`` is first read; not in the ratio).
+   Steps alternate between the variants and the best of ``--steps`` is kept, so a busy machine
+   slows them alike. ``--threads 1`` times steps by the thread's CPU time instead of the wall
+   clock: the only figure that holds on a machine shared with other jobs (with 2 threads, a
+   parallel region waits for the second core whenever another process holds it, which slows
+   the traced step, 10x longer, far more often than the plain one).
 2. ``--profile``: where the tracer's time goes, per op: each part of the tracer is switched off
    in turn (a subclass that skips it) and the saving is that part's cost.
 3. The whole localisation (two traced reruns of the divergent step) against one replica's run
@@ -42,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from repro_check.trace import tracer as tracer_module  # noqa: E402
 from repro_check.trace.frames import UNKNOWN  # noqa: E402
+from repro_check.trace.opinfo import keep_dynamo_out  # noqa: E402
 from repro_check.trace.tracer import OpTracer  # noqa: E402
 from suites.training import (  # noqa: E402
     ShapesDataset,
@@ -54,10 +57,25 @@ PLANTED = "suites/nondeterministic/test_index_put_accumulate.py"
 
 
 class EmptyMode(TorchDispatchMode):
-    """The floor: a dispatch mode that only runs the op."""
+    """The floor of any dispatch mode: one that only runs the op (torch wraps its hook)."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         return func(*args, **(kwargs or {}))
+
+
+class BareMode(TorchDispatchMode):
+    """The tracer's own floor: an empty mode set up as the tracer is (its hook's code marked
+    for Dynamo instead of torch's wrapper frames, the op called through its builtin)."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        return func._op(*args, **(kwargs or {}))
+
+
+BareMode.__torch_dispatch__ = keep_dynamo_out(BareMode.__dict__["__torch_dispatch__"])
 
 
 class _NoLocator:
@@ -207,6 +225,7 @@ def main() -> None:
         modes: dict[str, Callable[[], Any]] = {
             "plain": contextlib.nullcontext,
             "empty_mode": EmptyMode,
+            "bare_mode": BareMode,
             "traced": lambda model=model: OpTracer(model),
             "verify_inputs": lambda model=model: OpTracer(model, verify_inputs=True),
         }
@@ -224,6 +243,8 @@ def main() -> None:
         print(f"{name}_verify_inputs_overhead_x={best['verify_inputs'] / plain:.2f}")
         print(f"{name}_tracer_us_per_op={(traced - plain) / n * 1e6:.1f}")
         print(f"{name}_empty_dispatch_mode_us_per_op={(best['empty_mode'] - plain) / n * 1e6:.1f}")
+        print(f"{name}_bare_dispatch_mode_overhead_x={best['bare_mode'] / plain:.2f}")
+        print(f"{name}_bare_dispatch_mode_us_per_op={(best['bare_mode'] - plain) / n * 1e6:.1f}")
         print(f"{name}_events_build_us_per_op={build / n * 1e6:.1f}")
         for part in PARTS if args.profile else ():
             saved = (traced - best[f"without_{part}"]) / n * 1e6

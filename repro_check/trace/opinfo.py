@@ -50,7 +50,11 @@ def flatten(obj: Any, out: list[Any]) -> None:
     """Leaves of aten arguments / results: tensors, scalars, (nested) lists of them."""
     for o in obj if isinstance(obj, (list, tuple)) else (obj,):
         if isinstance(o, (list, tuple)):
-            flatten(o, out)
+            for p in o:  # aten's lists (int[], Tensor[]) hold leaves: one level inline
+                if isinstance(p, (list, tuple)):
+                    flatten(p, out)
+                else:
+                    out.append(p)
         else:
             out.append(o)
 

@@ -259,7 +259,7 @@ class OpTracer(TorchDispatchMode):
         if self._hashed_seen < len(hashed):
             produced = self._produced
             for sig in hashed[self._hashed_seen :]:
-                produced.setdefault((sig[0], sig[1], sig[2]), sig[4])
+                produced.setdefault(sig[:3], sig[4])  # (hash, dtype, shape): the key
             self._hashed_seen = len(hashed)
         return self._produced.get(key)
 
