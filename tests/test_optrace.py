@@ -227,6 +227,18 @@ def test_compiled_code_under_the_tracer_compiles_nothing_into_it():
     torch._dynamo.reset()
 
 
+def test_inference_mode_is_traced():
+    """Inference tensors have no version counter: their views and in-place outputs are not
+    trusted (re-hashed when read), and reading the counter must not crash the run."""
+    lin = nn.Linear(4, 4)
+    with torch.inference_mode(), OpTracer(lin) as tr:
+        y = lin(torch.ones(2, 4)).t()  # a view of an inference tensor
+        y.mul_(2)
+        (y + 1).sum()
+    ops = [e.op for e in tr.events]
+    assert ops[-4:] == ["aten::t", "aten::mul_", "aten::add", "aten::sum"]
+
+
 def test_call_index_counts_each_op():
     with OpTracer() as tr:
         x = torch.zeros(2)

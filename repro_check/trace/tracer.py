@@ -350,7 +350,10 @@ class OpTracer(TorchDispatchMode):
             for ref, sig in self._settle:
                 t = ref()
                 if t is not None:
-                    live[id(t)] = (ref, t._version, sig)
+                    try:
+                        live[id(t)] = (ref, t._version, sig)
+                    except RuntimeError:  # an inference tensor: no version counter to trust
+                        pass
             self._settle = []
 
         if info.nested or kwargs:
