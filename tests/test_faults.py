@@ -50,6 +50,7 @@ from repro_check.orchestration.launcher import (
 )
 from repro_check.orchestration.replay import VerdictPipeline
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, default_specs
+from repro_check.orchestration.serving import RequestSender, make_request_file
 from repro_check.orchestration.verdict import IDENTICAL, STRUCTURAL
 from repro_check.reporting.verdicts import failure_message
 
@@ -435,11 +436,11 @@ class ServingJob(WorkerJob):
             writer.close()
 
     def kill(self) -> None:
-        from repro_check.orchestration.serving import stop_serving
-
         self.cancelled = True
         self.release.set()
-        stop_serving(self.requests)
+        sender = RequestSender(self.requests)  # the pool's may be closed by now
+        sender.stop()
+        sender.close()
 
     terminate = kill
 
@@ -447,7 +448,7 @@ class ServingJob(WorkerJob):
 def serving(tmp_path: Path, index: int, nodeids, attempt: int = 0, **kw) -> ServingJob:
     folder = tmp_path / f"serve-{index}-{attempt}"
     folder.mkdir()
-    (folder / "requests.txt").touch()
+    make_request_file(folder / "requests")
     return ServingJob(
         ReplicaSpec(index, {"PYTHONHASHSEED": str(index)}),
         [],
@@ -457,7 +458,7 @@ def serving(tmp_path: Path, index: int, nodeids, attempt: int = 0, **kw) -> Serv
         folder / "output.txt",
         nodeids=tuple(nodeids),
         attempt=attempt,
-        requests=folder / "requests.txt",
+        requests=folder / "requests",
         **kw,
     )
 
@@ -474,7 +475,7 @@ def test_serving_workers_run_tests_on_request_a_limited_number_at_once(tmp_path)
             time.sleep(0.001)
         assert first.ran == ["a"]
         time.sleep(0.05)
-        assert second.requests.read_text() == ""  # one at a time: replica 1 waits its turn
+        assert not second.ran  # one at a time: replica 1 waits its turn
         first.release.set()
         assert [pool.result("a", i).outcome for i in (0, 1)] == ["passed", "passed"]
         assert pool.result("b", 1).outcome == "passed"  # asked for out of order: still run

@@ -16,8 +16,6 @@ Linux, and a watchdog in the worker), so killing the parent leaves no orphans.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import os
 import select
 import signal
@@ -42,14 +40,16 @@ from repro_check.orchestration.channel import (
     Running,
     append_channel,
 )
-from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, RunSpec
-from repro_check.orchestration.serving import RequestQueue, append_requests, stop_serving
-from repro_check.orchestration.worker_output import (
+from repro_check.orchestration.processes import (
     STDERR_TAIL_LINES,
+    death_signal,
     describe_exit,
+    read_available,
     stack_top,
     summarize_output,
 )
+from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, RunSpec
+from repro_check.orchestration.serving import RequestQueue, RequestSender
 
 __all__ = ["ReplicaPool", "WorkerJob", "append_channel", "describe_exit", "worker_env"]
 
@@ -65,7 +65,6 @@ PARENT_PID_ENV = "REPRO_CHECK_PARENT_PID"
 #: A worker that could not write its channel (disk full) exits with this status (ENOSPC's number).
 EXIT_NO_SPACE = 28
 TAIL_BYTES = 64 * 1024  # of a worker's output kept in memory for its failure message
-PR_SET_PDEATHSIG = 1
 
 
 Pair = tuple[str, str]  # (test id, run key)
@@ -112,7 +111,7 @@ class WorkerJob:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            preexec_fn=_death_signal(),  # noqa: PLW1509 - one prctl call, resolved beforehand
+            preexec_fn=death_signal(),  # noqa: PLW1509 - one prctl call, resolved beforehand
         )
         if self.cancelled:  # closed while starting
             self.process.kill()
@@ -132,7 +131,7 @@ class WorkerJob:
         try:
             while True:
                 finished = self.process.poll() is not None
-                data, eof = _read_available(fd)
+                data, eof = read_available(fd)
                 if data:
                     self._tail = (self._tail + data)[-TAIL_BYTES:]
                     out = self._copy(out, data)
@@ -203,39 +202,6 @@ class WorkerJob:
             return ""
 
 
-def _read_available(fd: int) -> tuple[bytes, bool]:
-    """Everything readable now from a non-blocking pipe, and whether it reached end of file."""
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            return b"".join(chunks), False
-        if not chunk:
-            return b"".join(chunks), True
-        chunks.append(chunk)
-
-
-@functools.lru_cache(maxsize=1)
-def _death_signal() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child die with SIGKILL when the thread that started it
-    (and so the parent) dies -- Linux only; elsewhere the worker's watchdog does it."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-    prctl.restype = ctypes.c_int
-    kill = int(signal.SIGKILL)
-
-    def set_death_signal() -> None:
-        prctl(PR_SET_PDEATHSIG, kill, 0, 0, 0)
-
-    return set_death_signal
-
-
 def worker_env(spec: ReplicaSpec, extra_pythonpath: Sequence[str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     env.update(spec.env)
@@ -300,6 +266,13 @@ class _Slot:
     killed: str = ""  # why the parent killed the process ("" if it did not)
     crashes_in_a_row: int = 0
     gave_up: str = ""  # why no further restart happens
+    #: A serving worker's request file, held open by the parent (:mod:`.serving`).
+    sender: RequestSender | None = None
+
+    @classmethod
+    def of(cls, job: WorkerJob, **kw: Any) -> _Slot:
+        sender = RequestSender(job.requests) if job.requests is not None else None
+        return cls(job, ChannelReader(job.channel), sender=sender, **kw)
 
 
 class ReplicaPool:
@@ -324,7 +297,7 @@ class ReplicaPool:
         concurrency: int | None = None,
     ) -> None:
         """``concurrency``: for serving workers, how many work at once (default: all)."""
-        self._slots = {job.spec.index: _Slot(job, ChannelReader(job.channel)) for job in jobs}
+        self._slots = {job.spec.index: _Slot.of(job) for job in jobs}
         #: Which job runs which run (by run key); replicas: run "i" is job i.
         self.run_jobs = run_jobs or {str(index): index for index in self._slots}
         self._executor = executor or ThreadPoolExecutor(
@@ -378,9 +351,9 @@ class ReplicaPool:
         self._requests.ask((index, nodeid) for index in holders)
 
     def _send_request(self, index: int, nodeid: str) -> None:
-        requests = self._slots[index].job.requests
-        assert requests is not None
-        append_requests(requests, [nodeid])
+        sender = self._slots[index].sender
+        assert sender is not None
+        sender.send([nodeid])
 
     def _finished(self, index: int, nodeid: str) -> None:
         if self._requests is not None:
@@ -511,15 +484,13 @@ class ReplicaPool:
             )
             return False
         job = self._relaunch(slot.job, set(slot.done))
-        if job.requests is not None and self._requests is not None:
-            append_requests(job.requests, self._requests.outstanding(index))
-        self._slots[index] = _Slot(
-            job,
-            ChannelReader(job.channel),
-            future=self._executor.submit(job.run),
-            done=slot.done,
-            crashes_in_a_row=slot.crashes_in_a_row,
-        )
+        restarted = _Slot.of(job, done=slot.done, crashes_in_a_row=slot.crashes_in_a_row)
+        if slot.sender is not None:
+            slot.sender.close()
+        if restarted.sender is not None and self._requests is not None:
+            restarted.sender.send(self._requests.outstanding(index))
+        restarted.future = self._executor.submit(job.run)
+        self._slots[index] = restarted
         return True
 
     def _crashed(self, slot: _Slot, key: Pair) -> ReplicaResult:
@@ -573,16 +544,19 @@ class ReplicaPool:
     STOP_GRACE_S = 10.0
 
     def _stop_serving(self) -> None:
-        """Ask serving workers to finish their sessions (fixture teardown, spill flushed);
-        the ones still running after the grace period are terminated by the caller."""
-        serving = [s for s in self._slots.values() if s.job.requests is not None and s.future]
+        """Ask serving workers to finish their sessions (fixture teardown, spill flushed).
+        Idle ones get a grace period; one still in a test (the session was interrupted, or
+        stopped at its first failure) is terminated by the caller at once."""
+        serving = [s for s in self._slots.values() if s.sender is not None]
+        busy = {index for index, _ in self._requests.in_flight} if self._requests else set()
         for slot in serving:
-            with contextlib.suppress(OSError):
-                stop_serving(slot.job.requests)  # type: ignore[arg-type]
+            slot.sender.stop()  # type: ignore[union-attr]
         deadline = time.monotonic() + self.STOP_GRACE_S
         for slot in serving:
-            with contextlib.suppress(Exception):
-                slot.future.result(timeout=max(0.0, deadline - time.monotonic()))  # type: ignore[union-attr]
+            if slot.future is not None and slot.job.spec.index not in busy:
+                with contextlib.suppress(Exception):
+                    slot.future.result(timeout=max(0.0, deadline - time.monotonic()))
+            slot.sender.close()  # type: ignore[union-attr]
 
 
 def _returncode(future: Future[int] | None) -> int | None:

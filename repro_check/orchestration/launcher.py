@@ -31,6 +31,7 @@ from repro_check.orchestration.executor import (
 )
 from repro_check.orchestration.investigation import TraceWindow
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, RunSpec
+from repro_check.orchestration.serving import make_request_file
 
 WORKER_SCHEMA = "repro-check/worker-spec"
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent.parent)
@@ -150,11 +151,11 @@ class WorkerLauncher:
         folder = self.tmpdir / (tag if not attempt else f"{tag}-restart-{attempt}")
         spec_path = folder / "spec.json"
         runs = list(runs or [RunSpec(str(spec.index))])
-        requests = folder / "requests.txt" if serve else None
+        requests = folder / "requests" if serve else None
         try:
             folder.mkdir(parents=True, exist_ok=True)
             if requests is not None:
-                requests.touch()
+                make_request_file(requests)
             self._write_spec(spec_path, nodeids, spec, runs, skip, metrics_only, requests)
         except OSError as exc:
             if is_no_space(exc):

@@ -14,46 +14,74 @@ processes -- not the number of started ones -- is what shares the cores.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import stat
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-#: How often an idle serving worker looks for a new request (seconds).
+#: How often an idle serving worker looks for a new request where requests come through a
+#: plain file (no named pipes: Windows); through a named pipe it sleeps until one comes.
 POLL_S = 0.005
 
 
-def append_requests(path: Path, nodeids: Iterable[str]) -> None:
-    """Ask the serving worker behind ``path`` to run ``nodeids`` (after what it was asked
-    before). One ``write`` of whole lines: the worker never reads half a test id."""
-    data = "".join(f"{nodeid}\n" for nodeid in nodeids).encode()
-    if not data:
-        return
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+def make_request_file(path: Path) -> Path:
+    """Create a serving worker's request file: a named pipe where the system has them (an
+    idle worker then blocks in ``read`` and takes no CPU from the one that trains: polling
+    wake-ups were measured to slow a two-thread training step down), else a plain file."""
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(path, 0o600)
+    else:
+        path.touch()
+    return path
 
 
-def stop_serving(path: Path) -> None:
-    """The empty line: the worker finishes its session (fixtures torn down) and exits."""
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        os.write(fd, b"\n")
-    finally:
-        os.close(fd)
+class RequestSender:
+    """The parent's end of one serving worker's request file, open for the pool's lifetime:
+    a pipe keeps what was written only while one end is open, and the worker may not have
+    opened its end yet."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # O_RDWR: opening a pipe's write end alone blocks until a reader comes (Linux allows
+        # both ends); non-blocking: a dead worker's full pipe must not hang the parent.
+        if stat.S_ISFIFO(os.stat(path).st_mode):
+            self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        else:
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+
+    def send(self, nodeids: Iterable[str]) -> None:
+        """Ask for ``nodeids`` (after what was asked before): one ``write`` of whole lines,
+        so the worker never reads half a test id."""
+        self._write("".join(f"{nodeid}\n" for nodeid in nodeids).encode())
+
+    def stop(self) -> None:
+        """The empty line: the worker finishes its session (fixtures torn down) and exits."""
+        self._write(b"\n")
+
+    def _write(self, data: bytes) -> None:
+        if data and self._fd >= 0:
+            with contextlib.suppress(BlockingIOError, BrokenPipeError):
+                os.write(self._fd, data)  # full: the worker is gone (or far behind)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 def follow_requests(path: str | Path, poll_s: float = POLL_S) -> Iterator[str]:
-    """Inside a serving worker: each requested test id, as the parent appends it, until the
-    empty line. (The worker dies with its parent, so a parent that never stops it is no
-    orphan-maker: see :func:`repro_check.orchestration.guards.watch_parent`.)"""
+    """Inside a serving worker: each requested test id, as the parent writes it, until the
+    empty line or the parent closing the pipe. (The worker dies with its parent, so a parent
+    that never stops it leaves no orphan: :func:`repro_check.orchestration.guards.watch_parent`.)"""
     pending = b""
-    with open(path, "rb") as handle:
+    fd = os.open(path, os.O_RDONLY)
+    piped = stat.S_ISFIFO(os.fstat(fd).st_mode)
+    try:
         while True:
-            chunk = handle.read()
+            chunk = os.read(fd, 65536)
             pending += chunk
             while b"\n" in pending:
                 line, pending = pending.split(b"\n", 1)
@@ -61,7 +89,11 @@ def follow_requests(path: str | Path, poll_s: float = POLL_S) -> Iterator[str]:
                     return
                 yield line.decode("utf-8")
             if not chunk:
+                if piped:
+                    return  # every writer closed: the parent is done with this worker
                 time.sleep(poll_s)
+    finally:
+        os.close(fd)
 
 
 class RequestQueue:

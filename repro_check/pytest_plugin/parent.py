@@ -248,15 +248,20 @@ class ParentSession(SeededSession):
             return
         variants = extra_jobs(self.pipeline.variants.plan if self.pipeline.variants else [])
         executor = self.cluster.executor
-        # Under xdist this worker runs the tests the controller sends it, not known yet: its
-        # replicas start now over every marked test and run each one when it comes (on a Dask
-        # cluster, whose processes cannot be asked, each test starts its own; see below).
-        serve = hasattr(session.config, "workerinput")
-        if serve and executor is not None:
-            return
-        self.pool = self.launcher.pool(
-            nodeids, self.specs, "session", extra=variants, executor=executor, serve=serve
-        )
+        if executor is None:
+            # Local replicas serve: all start now (their start-up, mostly ``import torch`` and
+            # collection, overlaps) and run each test when this session reaches it, at most
+            # --repro-jobs at a time. Under xdist that is also the only way to share them:
+            # the tests this worker will get are not known yet.
+            self.pool = self.launcher.pool(
+                nodeids, self.specs, "session", extra=variants, serve=True
+            )
+        elif not hasattr(session.config, "workerinput"):
+            self.pool = self.launcher.pool(
+                nodeids, self.specs, "session", extra=variants, executor=executor
+            )
+        # else: xdist on a Dask cluster, whose processes cannot be asked: each test starts
+        # its own (see pytest_pyfunc_call)
 
     def _plan_variants(self, items: Sequence[pytest.Item]) -> None:
         """Backend variants (--repro-variants, marker variants=[...]) judged by the pipeline;

@@ -1,12 +1,18 @@
-"""What a worker's output says when it fails: the last lines, or where a fatal error or a
-timeout stopped it, and how the process ended."""
+"""Worker processes at the level of the operating system: dying with the parent, reading their
+output as it comes, and what that output says when one fails (the last lines, or where a fatal
+error or a timeout stopped it, and how the process ended)."""
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import signal
+import sys
+from collections.abc import Callable
 
 STDERR_TAIL_LINES = 30
+PR_SET_PDEATHSIG = 1
 
 
 def describe_exit(returncode: int) -> str:
@@ -53,3 +59,36 @@ def stack_top(report: str, frames: int = 8) -> str:
 
 #: Frames of pytest's own machinery: where a test's stack stops being the test's.
 _MACHINERY = (f"{os.sep}_pytest{os.sep}", f"{os.sep}pluggy{os.sep}")
+
+
+def read_available(fd: int) -> tuple[bytes, bool]:
+    """Everything readable now from a non-blocking pipe, and whether it reached end of file."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return b"".join(chunks), False
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+
+
+@functools.lru_cache(maxsize=1)
+def death_signal() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child die with SIGKILL when the thread that started it
+    (and so the parent) dies -- Linux only; elsewhere the worker's watchdog does it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    prctl.restype = ctypes.c_int
+    kill = int(signal.SIGKILL)
+
+    def set_death_signal() -> None:
+        prctl(PR_SET_PDEATHSIG, kill, 0, 0, 0)
+
+    return set_death_signal
