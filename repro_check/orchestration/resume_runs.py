@@ -3,7 +3,9 @@
 The first process runs every test of the batch straight and then stopped after its step k (the
 stop run writes the checkpoint); when it has finished them all, a second, fresh process resumes
 every test from its checkpoint. Process start-up (``import torch``) is paid twice per session
-whatever the number of tests; under pytest-xdist each test is a batch of its own.
+whatever the number of tests, and the second process's start-up overlaps the first one's work:
+it starts at once and serves (:mod:`.serving`), asked for each test only when every checkpoint
+exists. Under pytest-xdist each test is a batch of its own.
 """
 
 from __future__ import annotations
@@ -45,11 +47,13 @@ class ResumeBatch:
                 if stale.suffix in (".safetensors", ".json"):
                     stale.unlink(missing_ok=True)
         self._start(0)
+        self._start(1, serve=True)  # waits, started, until the checkpoints exist
+        self._first_done = False
 
-    def _start(self, part: int) -> ReplicaPool:
+    def _start(self, part: int, serve: bool = False) -> ReplicaPool:
         runs = self._runs[part]
         nodeids = list(self.checks)
-        job = self.launcher.job(nodeids, self.spec, f"{self.tag}/{part}", runs=runs)
+        job = self.launcher.job(nodeids, self.spec, f"{self.tag}/{part}", runs=runs, serve=serve)
         pool = ReplicaPool(
             [job],
             ThreadPoolExecutor(max_workers=1),
@@ -72,12 +76,12 @@ class ResumeBatch:
         """The straight, stop and resumed runs of one test of the batch, in that order."""
         straight, stop = self._wait(0, nodeid, STRAIGHT), self._wait(0, nodeid, STOP)
         with self._lock:
-            if len(self._pools) == 1:
+            if not self._first_done:
                 for other in self.checks:  # the first process must be done with every test
                     self._wait(0, other, STRAIGHT)
                     self._wait(0, other, STOP)
                 self._pools[0].close()
-                self._start(1)
+                self._first_done = True
         if not Path(self.checks[nodeid][1]).with_suffix(".json").is_file():
             # the stop run left no checkpoint: the verdict says why from the first two runs
             return [straight, stop, ReplicaResult(nodeid, self.spec.index, "passed")]
