@@ -1,5 +1,16 @@
-"""Wall time of ``pytest --repro suites/`` (2 replicas, fresh processes) against plain
-``pytest suites/``. Goal: ratio <= 2.5 (2x is the floor: every test runs twice).
+"""Wall time of ``pytest --repro suites/`` against plain ``pytest suites/``, serial and under
+pytest-xdist. Prints ``name=value`` lines (best of ``--repeat``):
+
+* ``plain_pytest_s`` -- ``pytest suites/``: every test once, in this process;
+* ``repro_replicas_s`` / ``repro_vs_plain_ratio`` -- ``pytest --repro --repro-variants=none``:
+  two replicas per test in fresh processes, compared bit for bit and against the committed
+  baselines (goal, issue 12: ratio <= 1.2);
+* ``repro_full_s`` / ``repro_full_vs_plain_ratio`` -- ``pytest --repro`` as the README runs it:
+  also the suites' backend variants (three other CPU environments and a float64 run of one
+  test, each in fresh processes) and the first-drift-op traces;
+* ``repro_inprocess_s`` / ``repro_inprocess_vs_plain_ratio`` -- replicas in this process;
+* ``repro_xdist_s`` / ``xdist_vs_serial_ratio`` -- ``pytest --repro -n 2`` (replicas only)
+  against the serial session (goal: <= 1.0), and ``xdist_full_vs_serial_ratio`` with variants.
 
     python benchmarks/bench_wall.py [--repeat 3]
 """
@@ -14,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = [sys.executable, "-m", "pytest", "suites/", "-q", "-p", "no:cacheprovider"]
+REPRO = [*BASE, "--repro", "--repro-report=none"]
+REPLICAS_ONLY = [*REPRO, "--repro-variants=none"]
 
 
 def wall(args: list[str]) -> float:
@@ -29,20 +42,27 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    plain = min(wall(BASE) for _ in range(args.repeat))
-    repro = min(wall(BASE + ["--repro", "--repro-report=none"]) for _ in range(args.repeat))
-    inprocess = min(
-        wall(
-            BASE
-            + ["--repro", "--repro-mode=inprocess", "--repro-variants=none", "--repro-report=none"]
-        )
-        for _ in range(args.repeat)
-    )
+
+    def best(command: list[str]) -> float:
+        return min(wall(command) for _ in range(args.repeat))
+
+    plain = best(BASE)
+    replicas = best(REPLICAS_ONLY)
+    xdist = best([*REPLICAS_ONLY, "-n", "2"])
+    full = best(REPRO)
+    xdist_full = best([*REPRO, "-n", "2"])
+    inprocess = best([*REPLICAS_ONLY, "--repro-mode=inprocess"])
     print(f"plain_pytest_s={plain:.2f}")
-    print(f"repro_subprocess_s={repro:.2f}")
+    print(f"repro_replicas_s={replicas:.2f}")
+    print(f"repro_vs_plain_ratio={replicas / plain:.2f}")
+    print(f"repro_full_s={full:.2f}")
+    print(f"repro_full_vs_plain_ratio={full / plain:.2f}")
     print(f"repro_inprocess_s={inprocess:.2f}")
-    print(f"repro_vs_plain_ratio={repro / plain:.2f}")
     print(f"repro_inprocess_vs_plain_ratio={inprocess / plain:.2f}")
+    print(f"repro_xdist_s={xdist:.2f}")
+    print(f"xdist_vs_serial_ratio={xdist / replicas:.2f}")
+    print(f"repro_xdist_full_s={xdist_full:.2f}")
+    print(f"xdist_full_vs_serial_ratio={xdist_full / full:.2f}")
 
 
 if __name__ == "__main__":
