@@ -179,6 +179,36 @@ def test_worker_command_line(tmp_path):
     assert f"--repro-worker={tmp_path / 's.json'}" in command
     assert "--repro-steps=4" in command
     assert command[-2:] == ["-p", "repro_check.pytest_plugin"]
+    assert "no:hypothesispytest" not in command  # unless told that no test uses @given
+    launcher.for_tests(uses_hypothesis=False)
+    assert launcher.command(["a/test_x.py::test_1"], tmp_path / "s.json")[-2:] == [
+        "-p",
+        "no:hypothesispytest",
+    ]
+
+
+def test_hypothesis_tests_are_recognised_among_marked_tests():
+    from hypothesis import given, strategies
+
+    from repro_check.pytest_plugin.items import uses_hypothesis
+
+    @given(strategies.integers())
+    def with_given(x):
+        pass
+
+    def plain():
+        pass
+
+    class Item:
+        def __init__(self, obj, marked=True):
+            self.obj, self.marked = obj, marked
+
+        def get_closest_marker(self, name):
+            return object() if self.marked and name == "repro" else None
+
+    assert uses_hypothesis([Item(plain), Item(with_given)])
+    assert not uses_hypothesis([Item(plain), Item(with_given, marked=False)])
+    assert not uses_hypothesis([])
 
 
 # ----------------------------------------------------------------------------- investigation

@@ -356,8 +356,17 @@ class ReplicaPool:
         sender.send([nodeid])
 
     def _finished(self, index: int, nodeid: str) -> None:
-        if self._requests is not None:
-            self._requests.finished(index, nodeid)
+        if self._requests is None:
+            return
+        self._requests.finished(index, nodeid)
+        slot = self._slots[index]
+        asked = self._requests.asked
+        if (
+            slot.sender is not None
+            and not self._requests.outstanding(index)
+            and all(asked(index, held) for held in slot.job.nodeids)
+        ):
+            slot.sender.stop()  # it has run all it holds: let it end beside the others' work
 
     def _poll(self, index: int, key: Pair) -> ReplicaResult | None:
         if self._requests is not None:  # serving: what others finish frees the turn this waits for

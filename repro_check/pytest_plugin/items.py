@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 import pytest
 
@@ -34,6 +35,16 @@ class ReproFailure(AssertionError):
 
 def is_repro_item(item: pytest.Item) -> bool:
     return item.get_closest_marker(MARKER) is not None
+
+
+def uses_hypothesis(items: Iterable[pytest.Item]) -> bool:
+    """Whether a marked test is written with hypothesis's ``@given`` (its workers then load
+    hypothesis's pytest plugin)."""
+    return any(
+        getattr(getattr(item, "obj", None), "is_hypothesis_test", False)
+        for item in items
+        if is_repro_item(item)
+    )
 
 
 def marker_of(item: pytest.Item) -> MarkerSettings:

@@ -38,6 +38,7 @@ from repro_check.pytest_plugin.items import (
     is_repro_item,
     replica_key,
     replica_timeouts,
+    uses_hypothesis,
 )
 from repro_check.pytest_plugin.options import CACHE_KEY, Options
 from repro_check.pytest_plugin.resume import SessionResumes
@@ -237,6 +238,7 @@ class ParentSession(SeededSession):
 
     def pytest_collection_finish(self, session: pytest.Session) -> None:
         self._known.update(item.nodeid for item in session.items)
+        self.launcher.for_tests(uses_hypothesis(session.items))
         self.resumes.plan(session)
         self.launcher.timeouts = replica_timeouts(session.items)
         if not session.config.option.collectonly:

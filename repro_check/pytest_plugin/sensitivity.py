@@ -42,6 +42,7 @@ from repro_check.pytest_plugin.items import (
     steps_for,
     sweep_root_seed,
     target_of,
+    uses_hypothesis,
 )
 from repro_check.pytest_plugin.options import Options
 from repro_check.pytest_plugin.parent import live_progress, worker_settings
@@ -116,6 +117,7 @@ class SensitivitySession(SeededSession):
         nodeids = [item.nodeid for item in items]
         if not nodeids:
             return
+        self.launcher.for_tests(uses_hypothesis(items))
         for item in items:
             self.inputs[item.nodeid] = run_inputs(
                 source_files=source_files_of(Path(item.path), Path(self.config.rootpath)),
