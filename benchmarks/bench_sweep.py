@@ -1,11 +1,14 @@
 """Sensitivity sweep execution: parallel speed-up and memory flat in K.
 
-K=8 runs per source (init + all: 16 runs) of the reference sensitivity suite, trained for
-1000 steps so that a run costs over a second (the reference 80 steps take ~0.2 s, and
-then process start-up, not the runs, is what a sweep waits for), once with one worker process
-(serial) and once with two (this machine's cores). Goal: ``sweep_parallel_vs_serial_ratio <=
-0.6``. Then the parent's peak memory for K=4 and K=16,
-which must not grow with K. Prints ``name=value`` lines.
+K=8 runs per source (init + all: 16 runs, for each of the suite's two parametrized tests) of
+the reference sensitivity suite, trained for 1000 steps (the reference 80 steps take ~0.05 s,
+and then process start-up, not the runs, is what a sweep waits for), once with one worker
+process (serial) and once with two (this machine's cores). Goal (issue 12):
+``sweep_parallel_vs_serial_ratio <= 0.6``. What cannot be shared out bounds it: the parent's
+start-up and collection before the workers start, and its analysis, plots and report after
+they finish (~5 s together on the 2-core kind); ``sweep_long_parallel_vs_serial_ratio`` repeats
+the comparison with runs 2.5x longer, where that fixed part weighs less. Then the parent's peak
+memory for K=4 and K=16, which must not grow with K. Prints ``name=value`` lines.
 
     python benchmarks/bench_sweep.py
 """
@@ -33,7 +36,7 @@ print("PEAK" + json.dumps({"kb": resource.getrusage(resource.RUSAGE_SELF).ru_max
 STEPS = 1000
 
 
-def sweep(k: int, jobs: int) -> tuple[float, int]:
+def sweep(k: int, jobs: int, steps: int = STEPS) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as report:
         args = [
             sys.executable,
@@ -41,7 +44,7 @@ def sweep(k: int, jobs: int) -> tuple[float, int]:
             PROBE,
             TEST,
             "--repro-sensitivity",
-            f"--repro-steps={STEPS}",
+            f"--repro-steps={steps}",
             f"--repro-seeds={k}",
             "--repro-sources=init",
             f"--repro-jobs={jobs}",
@@ -67,6 +70,11 @@ def main() -> None:
     print(f"sweep_serial_s={serial:.2f}")
     print(f"sweep_parallel_s={parallel:.2f}")
     print(f"sweep_parallel_vs_serial_ratio={parallel / serial:.2f}")
+    long_serial, _ = sweep(8, 1, int(2.5 * STEPS))
+    long_parallel, _ = sweep(8, 2, int(2.5 * STEPS))
+    print(f"sweep_long_serial_s={long_serial:.2f}")
+    print(f"sweep_long_parallel_s={long_parallel:.2f}")
+    print(f"sweep_long_parallel_vs_serial_ratio={long_parallel / long_serial:.2f}")
     _, small = sweep(4, 2)
     _, large = sweep(16, 2)
     print(f"parent_peak_kb_k4={small}")
