@@ -76,7 +76,8 @@ class WorkerSession(SeededSession):
         #: (test, run id) pairs already finished by an earlier, interrupted sweep.
         self.skip = {(str(n), str(r)) for n, r in spec.get("skip", [])}
         self.metrics_only = bool(spec.get("metrics_only", False))
-        #: Serving (pytest-xdist): run the tests the parent appends to this file, on request.
+        #: Serving: run the tests the parent writes to this request pipe, as they come
+        #: (:mod:`repro_check.orchestration.serving`); None: run the listed tests and exit.
         self.requests: str | None = spec.get("requests")
         self.spill = SpillWriter(spec["spill_path"], int(spec["spill_bytes"]))
         self.guard = WorkerGuard(
