@@ -10,7 +10,9 @@ pytest-xdist. Prints ``name=value`` lines (best of ``--repeat``):
   test, each in fresh processes) and the first-drift-op traces;
 * ``repro_inprocess_s`` / ``repro_inprocess_vs_plain_ratio`` -- replicas in this process;
 * ``repro_xdist_s`` / ``xdist_vs_serial_ratio`` -- ``pytest --repro -n 2`` (replicas only)
-  against the serial session (goal: <= 1.0), and ``xdist_full_vs_serial_ratio`` with variants.
+  against the serial session (goal: <= 1.0), and ``xdist_full_vs_serial_ratio`` with variants;
+* ``tiny50_xdist_vs_serial_ratio`` -- the same for 50 tiny tests (a 4x2 linear layer, 2 steps
+  each) in a generated project: where per-test process start-up would dominate.
 
     python benchmarks/bench_wall.py [--repeat 3]
 """
@@ -20,6 +22,8 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -29,9 +33,29 @@ REPRO = [*BASE, "--repro", "--repro-report=none"]
 REPLICAS_ONLY = [*REPRO, "--repro-variants=none"]
 
 
-def wall(args: list[str]) -> float:
+TINY_TESTS = """
+    import pytest
+    import torch
+
+
+    @pytest.mark.parametrize("case", range(50))
+    @pytest.mark.repro(steps=2)
+    def test_tiny(repro, case):
+        model = torch.nn.Linear(4, 2)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        x = torch.randn(8, 4, generator=repro.generator("data"))
+        for step in range(repro.steps):
+            loss = model(x).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            repro.record(step, model=model, loss=loss)
+"""
+
+
+def wall(args: list[str], cwd: Path = ROOT) -> float:
     start = time.perf_counter()
-    result = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if result.returncode != 0:
         sys.exit(f"command failed: {' '.join(args)}\n{result.stdout[-3000:]}")
@@ -52,6 +76,14 @@ def main() -> None:
     full = best(REPRO)
     xdist_full = best([*REPRO, "-n", "2"])
     inprocess = best([*REPLICAS_ONLY, "--repro-mode=inprocess"])
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp)
+        (project / "pytest.ini").write_text("[pytest]\n")
+        (project / "test_tiny.py").write_text(textwrap.dedent(TINY_TESTS))
+        tiny = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--repro"]
+        tiny += ["--repro-baseline=off", "--repro-report=none"]
+        tiny_serial = min(wall(tiny, project) for _ in range(args.repeat))
+        tiny_xdist = min(wall([*tiny, "-n", "2"], project) for _ in range(args.repeat))
     print(f"plain_pytest_s={plain:.2f}")
     print(f"repro_replicas_s={replicas:.2f}")
     print(f"repro_vs_plain_ratio={replicas / plain:.2f}")
@@ -63,6 +95,9 @@ def main() -> None:
     print(f"xdist_vs_serial_ratio={xdist / replicas:.2f}")
     print(f"repro_xdist_full_s={xdist_full:.2f}")
     print(f"xdist_full_vs_serial_ratio={xdist_full / full:.2f}")
+    print(f"tiny50_serial_s={tiny_serial:.2f}")
+    print(f"tiny50_xdist_s={tiny_xdist:.2f}")
+    print(f"tiny50_xdist_vs_serial_ratio={tiny_xdist / tiny_serial:.2f}")
 
 
 if __name__ == "__main__":

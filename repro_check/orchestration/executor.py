@@ -279,6 +279,9 @@ class ReplicaPool:
     """Runs worker jobs through an executor and hands out per-test results as they stream in;
     a worker that dies in a test fails that test and is restarted for the rest."""
 
+    #: How often a waiting parent reads the channels: first after ~1 ms (a tiny test's result
+    #: is often that close, and serving replicas wait for it to ask the next one), then less
+    #: and less often, up to this (a long test is not disturbed by the polling).
     POLL_SECONDS = 0.02
     #: How long past a test's limit the parent waits for the worker's own watchdog (which
     #: prints where the test hung) before it kills the process itself.
@@ -334,6 +337,7 @@ class ReplicaPool:
         if self._requests is not None and not self._requests.asked(index, nodeid):
             with self._lock:
                 self.request(nodeid)
+        delay = 0.001
         while True:
             with self._lock:
                 found = self._poll(index, key)
@@ -341,7 +345,8 @@ class ReplicaPool:
                 return found
             if on_wait is not None:
                 on_wait()
-            time.sleep(self.POLL_SECONDS)
+            time.sleep(delay)
+            delay = min(2 * delay, self.POLL_SECONDS)
 
     def request(self, nodeid: str) -> None:
         """Serving workers: ask every worker that holds ``nodeid`` to run it (in worker
