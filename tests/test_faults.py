@@ -416,14 +416,21 @@ class ServingJob(WorkerJob):
     hold: str = ""
     release: threading.Event = field(default_factory=threading.Event)
     ran: list = field(default_factory=list)
+    collected: tuple = ()  # the tests it collects (default: all it holds)
 
     def run(self) -> int:
         from repro_check.orchestration.serving import follow_requests
 
         writer = ChannelWriter(self.channel)
         run = str(self.spec.index)
+        have = set(self.collected or self.nodeids)
+        missing = sorted(set(self.nodeids) - have)
+        count = len(have & set(self.nodeids))
+        writer.write({"event": "collected", "missing": missing, "count": count})
         try:
             for nodeid in follow_requests(self.requests, poll_s=0.001):
+                if nodeid not in have:
+                    continue  # as the real worker: the parent knows it from "collected"
                 self.ran.append(nodeid)
                 writer.write({"event": "start", "nodeid": nodeid, "run": run, "time": 0.0})
                 if nodeid == self.crash_on:
@@ -507,6 +514,58 @@ def test_a_restarted_serving_worker_is_asked_again_for_what_the_dead_one_had_que
     assert crashed.outcome == "crashed" and "killed by SIGSEGV" in crashed.error
     assert first.ran == ["a", "b"]
     assert [job.ran for job in restarted] == [["c"]]  # c again, b not: it failed already
+
+
+def in_time(call, timeout: float = 20.0):
+    """``call()``'s value, or a failure if it does not return in time (a hang)."""
+    box: list = []
+    worker = threading.Thread(target=lambda: box.append(call()), daemon=True)
+    worker.start()
+    worker.join(timeout)
+    assert box, f"no result after {timeout} s: the pool hangs"
+    return box[0]
+
+
+def test_a_serving_worker_is_not_stopped_while_a_test_waits_for_it(tmp_path):
+    first = serving(tmp_path, 0, ["s", "t"])
+    second = serving(tmp_path, 1, ["s", "t"])
+    pool = ReplicaPool([first, second], concurrency=1)
+    pool.start()
+    try:
+        assert pool.result("s", 0).outcome == "passed"
+        # replica 1's result for s is never read (the verdict needed no more), then t comes
+        outcomes = in_time(lambda: [pool.result("t", i).outcome for i in (0, 1)])
+    finally:
+        pool.close()
+    assert outcomes == ["passed", "passed"]
+    assert second.ran == ["s", "t"]
+
+
+def test_a_serving_worker_that_collected_nothing_is_answered_not_waited_for(tmp_path):
+    job = serving(tmp_path, 0, ["a"], collected=("elsewhere",))
+    pool = ReplicaPool([job], concurrency=1)
+    pool.start()
+    try:
+        result = in_time(lambda: pool.result("a", 0))
+    finally:
+        pool.close()
+    assert result.outcome == "crashed" and "did not collect this test" in result.error
+
+
+def test_a_test_answered_without_the_worker_is_never_sent_to_it(tmp_path):
+    first = serving(tmp_path, 0, ["s", "m", "u"], collected=("s", "u"))
+    second = serving(tmp_path, 1, ["s", "m", "u"])
+    pool = ReplicaPool([first, second], concurrency=1)
+    pool.start()
+    try:
+        assert pool.result("s", 0).outcome == "passed"  # (s, 1) is never read
+        missing = in_time(lambda: pool.result("m", 0))
+        outcomes = in_time(lambda: [pool.result("u", i).outcome for i in (0, 1)])
+    finally:
+        pool.close()
+    assert "did not collect this test" in missing.error
+    assert outcomes == ["passed", "passed"]
+    assert first.ran == ["s", "u"]
 
 
 def test_a_serving_worker_dying_frees_the_turn_another_waits_for(tmp_path):

@@ -303,6 +303,9 @@ class ReplicaPool:
         self._slots = {job.spec.index: _Slot.of(job) for job in jobs}
         #: Which job runs which run (by run key); replicas: run "i" is job i.
         self.run_jobs = run_jobs or {str(index): index for index in self._slots}
+        self._runs_of: dict[int, list[str]] = {index: [] for index in self._slots}
+        for run_key, index in self.run_jobs.items():
+            self._runs_of[index].append(run_key)
         self._executor = executor or ThreadPoolExecutor(
             max_workers=len(jobs), thread_name_prefix="repro-replica"
         )
@@ -368,7 +371,7 @@ class ReplicaPool:
         asked = self._requests.asked
         if (
             slot.sender is not None
-            and not self._requests.outstanding(index)
+            and self._requests.idle(index)
             and all(asked(index, held) for held in slot.job.nodeids)
         ):
             slot.sender.stop()  # it has run all it holds: let it end beside the others' work
@@ -376,11 +379,12 @@ class ReplicaPool:
     def _poll(self, index: int, key: Pair) -> ReplicaResult | None:
         if self._requests is not None:  # serving: what others finish frees the turn this waits for
             for other, nodeid in sorted(self._requests.in_flight):
-                other_key = (nodeid, str(other))
-                if other != index and other_key not in self._pending:
-                    found = self._poll_slot(other, other_key)
-                    if found is not None:
-                        self._pending[other_key] = found
+                for run in self._runs_of[other]:
+                    other_key = (nodeid, run)
+                    if other_key != key and other_key not in self._pending:
+                        found = self._poll_slot(other, other_key)
+                        if found is not None:
+                            self._pending[other_key] = found
         return self._poll_slot(index, key)
 
     def _poll_slot(self, index: int, key: Pair) -> ReplicaResult | None:
@@ -390,7 +394,8 @@ class ReplicaPool:
             return self._pending.pop(key)
         assert slot.future is not None, "start() the pool first"
         if not slot.future.done():
-            if key[0] in slot.missing and slot.collected:  # it goes on with what it collected
+            # it goes on with what it collected (a serving worker waits even with nothing)
+            if key[0] in slot.missing and (slot.collected or slot.sender is not None):
                 return self._not_collected(slot, key)
             self._enforce_timeout(slot)
             return None
@@ -547,30 +552,34 @@ class ReplicaPool:
         )
 
     def close(self) -> None:
-        _LIVE_POOLS.discard(self)
-        self._stop_serving()
-        for slot in self._slots.values():
-            slot.job.terminate()
+        try:
+            busy = {index for index, _ in self._requests.in_flight} if self._requests else set()
+            _stop_serving(list(self._slots.values()), busy)
+        finally:  # interrupted while waiting: the workers still go (and cleanup still sees them)
+            for slot in self._slots.values():
+                slot.job.terminate()
+            _LIVE_POOLS.discard(self)
         if self._owns_executor:
             self._executor.shutdown(wait=True, cancel_futures=True)
 
-    #: How long serving workers get to tear their fixtures down and exit when the pool closes.
-    STOP_GRACE_S = 10.0
 
-    def _stop_serving(self) -> None:
-        """Ask serving workers to finish their sessions (fixture teardown, spill flushed).
-        Idle ones get a grace period; one still in a test (the session was interrupted, or
-        stopped at its first failure) is terminated by the caller at once."""
-        serving = [s for s in self._slots.values() if s.sender is not None]
-        busy = {index for index, _ in self._requests.in_flight} if self._requests else set()
-        for slot in serving:
-            slot.sender.stop()  # type: ignore[union-attr]
-        deadline = time.monotonic() + self.STOP_GRACE_S
-        for slot in serving:
-            if slot.future is not None and slot.job.spec.index not in busy:
-                with contextlib.suppress(Exception):
-                    slot.future.result(timeout=max(0.0, deadline - time.monotonic()))
-            slot.sender.close()  # type: ignore[union-attr]
+#: How long serving workers get to tear their fixtures down and exit when the pool closes.
+STOP_GRACE_S = 10.0
+
+
+def _stop_serving(slots: Sequence[_Slot], busy: set[int]) -> None:
+    """Ask serving workers to finish their sessions (fixture teardown, spill flushed).
+    Idle ones get a grace period; one still in a test (``busy``: the session was interrupted,
+    or stopped at its first failure) is terminated by the caller at once."""
+    serving = [slot for slot in slots if slot.sender is not None]
+    for slot in serving:
+        slot.sender.stop()  # type: ignore[union-attr]
+    deadline = time.monotonic() + STOP_GRACE_S
+    for slot in serving:
+        if slot.future is not None and slot.job.spec.index not in busy:
+            with contextlib.suppress(Exception):
+                slot.future.result(timeout=max(0.0, deadline - time.monotonic()))
+        slot.sender.close()  # type: ignore[union-attr]
 
 
 def _returncode(future: Future[int] | None) -> int | None:

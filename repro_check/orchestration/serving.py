@@ -14,7 +14,6 @@ processes -- not the number of started ones -- is what shares the cores.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import time
@@ -62,9 +61,17 @@ class RequestSender:
         self._write(b"\n")
 
     def _write(self, data: bytes) -> None:
-        if data and self._fd >= 0:
-            with contextlib.suppress(BlockingIOError, BrokenPipeError):
-                os.write(self._fd, data)  # full: the worker is gone (or far behind)
+        if not data or self._fd < 0:
+            return
+        try:
+            written = os.write(self._fd, data)
+        except (BlockingIOError, BrokenPipeError):
+            return  # full: the worker is gone (its death is noticed) or stuck (its time limit)
+        if written != len(data):  # only past PIPE_BUF (4 KiB): a test id that long
+            raise OSError(
+                f"could not hand {data[:80]!r}... to the replica through {self.path}: only "
+                f"{written} of {len(data)} bytes fit in the pipe"
+            )
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -120,8 +127,18 @@ class RequestQueue:
         return (index, nodeid) in self._asked
 
     def finished(self, index: int, nodeid: str) -> None:
+        """The parent has its result (also when it answered without the worker: a crash, a
+        test the worker did not collect): never send it after that."""
         self.in_flight.discard((index, nodeid))
+        if (index, nodeid) in self._waiting:
+            self._waiting.remove((index, nodeid))
         self.dispatch()
+
+    def idle(self, index: int) -> bool:
+        """Nothing sent to replica ``index`` is unfinished and nothing waits to be sent."""
+        return all(i != index for i, _ in self.in_flight) and all(
+            i != index for i, _ in self._waiting
+        )
 
     def dispatch(self) -> None:
         while self._waiting and len(self.in_flight) < self.concurrency:

@@ -79,6 +79,7 @@ class WorkerSession(SeededSession):
         #: Serving: run the tests the parent writes to this request pipe, as they come
         #: (:mod:`repro_check.orchestration.serving`); None: run the listed tests and exit.
         self.requests: str | None = spec.get("requests")
+        self._tear_down_first = False
         self.spill = SpillWriter(spec["spill_path"], int(spec["spill_bytes"]))
         self.guard = WorkerGuard(
             self.channel, spec.get("timeouts", {}), spec.get("timeout_file"), self._say
@@ -165,14 +166,16 @@ class WorkerSession(SeededSession):
             item = items.get(nodeid)
             if item is None:
                 continue  # not collected: the parent knows from the collection event
-            self._tear_down_until(item)
+            self._tear_down_first = True  # under this test's time limit (see below)
             keep_parents = ParentChain(item.listchain()[:-1])
             item.config.hook.pytest_runtest_protocol(item=item, nextitem=keep_parents)
         return True
 
     def _tear_down_until(self, item: pytest.Item) -> None:
         """Tear down the fixtures of the previous test's scopes that ``item`` is outside of
-        (pytest does this itself when it knows the next test; a serving worker cannot)."""
+        (pytest does this itself when it knows the next test; a serving worker cannot). It runs
+        under ``item``'s time limit; an error is written to the worker's output, not charged
+        to ``item`` (the parent's own session runs the same fixtures and reports it)."""
         try:
             item.session._setupstate.teardown_exact(item)  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001 - the next test must still run
@@ -191,6 +194,9 @@ class WorkerSession(SeededSession):
             undo_variant = apply_settings(self.spec.settings)  # a backend variant's settings
             try:
                 with self.guard.test(item.nodeid, run.run_id):
+                    if self._tear_down_first:  # the previous test's scopes this one is outside
+                        self._tear_down_first = False
+                        self._tear_down_until(item)
                     reports = runtestprotocol(
                         item, log=False, nextitem=nextitem if last else keep_parents
                     )  # type: ignore[arg-type]
