@@ -137,6 +137,7 @@ def test_reference_suites_are_reproducible(sessions):
     # and the replicas' scheduling may get faster, never different (issue 12)
     modes = {n: (t.get("baseline") or {}).get("mode") for n, t in tests.items() if n != allowed}
     assert set(modes.values()) == {"bitwise"}, modes
+    assert "unused baseline" not in reference.output  # every committed baseline has its test
     if allowed in tests:  # known nondeterminism, accepted with its rationale and tolerance
         assert tests[allowed]["status"] == "allowed"
         assert "aten::index_put" in tests[allowed]["allowed_nondeterminism"]
