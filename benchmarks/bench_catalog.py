@@ -18,10 +18,7 @@ import argparse
 import os
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -31,14 +28,9 @@ from repro_check.core.datahash import hash_directory
 from repro_check.core.record import Recorder, RNGState
 from repro_check.core.resume_state import probe, restore_state, save_state
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-def best_ms(fn: Callable[[], Any], repeat: int) -> float:
-    timings = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        timings.append(time.perf_counter() - start)
-    return min(timings) * 1e3
+from benchmarks.bench_fingerprint import best_of  # noqa: E402
 
 
 def catalog_costs(folder: Path, tests: int, repeat: int) -> None:
@@ -59,8 +51,12 @@ def catalog_costs(folder: Path, tests: int, repeat: int) -> None:
     )
     with Catalog(folder / "catalog.sqlite") as catalog:
         ids: list[str] = []
-        print(f"start_run_ms={best_ms(lambda: ids.append(catalog.start_run(start)), repeat):.2f}")
-        print(f"finish_run_ms={best_ms(lambda: catalog.finish_run(ids.pop(), end), repeat):.2f}")
+        print(
+            f"start_run_ms={best_of(repeat, lambda: ids.append(catalog.start_run(start))) * 1e3:.2f}"
+        )
+        print(
+            f"finish_run_ms={best_of(repeat, lambda: catalog.finish_run(ids.pop(), end)) * 1e3:.2f}"
+        )
 
 
 def digest_costs(repeat: int) -> None:
@@ -68,7 +64,7 @@ def digest_costs(repeat: int) -> None:
     for step in range(30):
         recorder.record(step, {f"w{k}": torch.full((8,), float(step + k)) for k in range(40)})
     record = recorder.close()
-    print(f"record_digests_ms={best_ms(lambda: record_digests(record), repeat):.2f}")
+    print(f"record_digests_ms={best_of(repeat, lambda: record_digests(record)) * 1e3:.2f}")
 
 
 def directory_costs(folder: Path, repeat: int) -> None:
@@ -76,7 +72,7 @@ def directory_costs(folder: Path, repeat: int) -> None:
     data.mkdir()
     for i in range(64):
         (data / f"part-{i:03d}.bin").write_bytes(os.urandom(1 << 20))
-    ms = best_ms(lambda: hash_directory(data), repeat)
+    ms = best_of(repeat, lambda: hash_directory(data)) * 1e3
     print(f"dir_hash_mb_s={64 / (ms / 1e3):.0f}")
 
 
@@ -89,10 +85,10 @@ def checkpoint_costs(folder: Path, repeat: int) -> None:
     optimizer.step()
     state = {"model": model, "optimizer": optimizer, "rng": RNGState()}
     path = folder / "step-3"
-    print(f"checkpoint_save_ms={best_ms(lambda: save_state(path, 3, state, {}), repeat):.1f}")
+    print(f"checkpoint_save_ms={best_of(repeat, lambda: save_state(path, 3, state, {})) * 1e3:.1f}")
     live = {"model": model, "optimizer": optimizer}
-    print(f"checkpoint_restore_ms={best_ms(lambda: restore_state(path, live), repeat):.1f}")
-    print(f"state_probe_ms={best_ms(lambda: probe(live), repeat):.1f}")
+    print(f"checkpoint_restore_ms={best_of(repeat, lambda: restore_state(path, live)) * 1e3:.1f}")
+    print(f"state_probe_ms={best_of(repeat, lambda: probe(live)) * 1e3:.1f}")
 
 
 def main() -> None:
