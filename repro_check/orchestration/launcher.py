@@ -269,9 +269,11 @@ class WorkerLauncher:
         jobs = [self.job(nodeids, spec, f"{tag}-{spec.index}", serve=serve) for spec in specs]
         jobs += [self.job(ids, spec, f"{tag}-{spec.index}", serve=serve) for ids, spec in extra]
         workers = min(self.settings.jobs, len(jobs))
-        if serve:
+        if serve:  # every process runs from the start; the pool bounds how many are busy
+            assert executor is None, "serving workers take requests through local pipes"
             executor = ThreadPoolExecutor(max_workers=len(jobs))
-        executor = executor or ThreadPoolExecutor(max_workers=workers)
+        elif executor is None:
+            executor = ThreadPoolExecutor(max_workers=workers)
         pool = ReplicaPool(jobs, executor, relaunch=self.relaunch, concurrency=workers)
         pool.start()
         return pool
