@@ -1,5 +1,10 @@
 """Planted: a branch decided by Python-level randomness that nobody seeded (here the OS
-entropy pool): the replicas run different ops, so their traces differ in structure."""
+entropy pool): the replicas run different ops, so their traces differ in structure.
+
+The branch is taken per group of samples (as stochastic-depth or mixture-of-activation code
+does), so two processes make the same choices in one forward pass with probability 2**-16:
+a single coin per step made the same six choices once in 64 runs, and the planted bug passed.
+"""
 
 import random
 
@@ -17,12 +22,14 @@ class GatedMLP(nn.Module):
         self.fc2 = nn.Linear(32, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.fc1(x)
-        if _entropy.random() < 0.5:  # BUG: unseeded choice of activation
-            h = torch.relu(h)
-        else:
-            h = torch.tanh(h)
-        return self.fc2(h)
+        groups = []
+        for h in self.fc1(x).chunk(16):
+            if _entropy.random() < 0.5:  # BUG: unseeded choice of activation
+                h = torch.relu(h)
+            else:
+                h = torch.tanh(h)
+            groups.append(h)
+        return self.fc2(torch.cat(groups))
 
 
 @pytest.mark.repro(steps=6)
