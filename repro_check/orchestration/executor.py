@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from repro_check.core.paths import is_no_space, no_space_message
 from repro_check.orchestration.channel import (
@@ -44,6 +44,7 @@ from repro_check.orchestration.processes import (
     STDERR_TAIL_LINES,
     death_signal,
     describe_exit,
+    process_env,
     read_available,
     stack_top,
     summarize_output,
@@ -51,17 +52,11 @@ from repro_check.orchestration.processes import (
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, RunSpec
 from repro_check.orchestration.serving import RequestQueue, RequestSender
 
-__all__ = ["ReplicaPool", "WorkerJob", "append_channel", "describe_exit", "worker_env"]
+if TYPE_CHECKING:
+    from repro_check.orchestration.warm import WarmStock
 
-#: Variables that would make a worker pytest do something else than its job.
-SCRUBBED_ENV = (
-    "PYTEST_ADDOPTS",
-    "PYTEST_XDIST_WORKER",
-    "PYTEST_XDIST_WORKER_COUNT",
-    "PYTEST_CURRENT_TEST",
-)
-#: The worker watches this process id and exits when it is no longer its parent.
-PARENT_PID_ENV = "REPRO_CHECK_PARENT_PID"
+__all__ = ["ReplicaPool", "WorkerJob", "append_channel", "describe_exit"]
+
 #: A worker that could not write its channel (disk full) exits with this status (ENOSPC's number).
 EXIT_NO_SPACE = 28
 TAIL_BYTES = 64 * 1024  # of a worker's output kept in memory for its failure message
@@ -92,6 +87,8 @@ class WorkerJob:
     #: A serving worker's request file (:mod:`.serving`): it runs the tests appended there,
     #: not its whole list. None: it runs ``nodeids`` in order and exits.
     requests: Path | None = None
+    #: Whether the process is a warm interpreter (:mod:`.warm`), adopted before ``run``.
+    started_warm: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     cancelled: bool = False
     _tail: bytes = field(default=b"", repr=False)
@@ -103,11 +100,12 @@ class WorkerJob:
 
     def run(self) -> int:
         if self.cancelled:
+            self.kill()  # an adopted warm interpreter
             return -signal.SIGTERM
-        self.process = subprocess.Popen(
+        self.process = self.process or subprocess.Popen(
             self.command,
             cwd=self.cwd,
-            env={**self.env, PARENT_PID_ENV: str(os.getpid())},
+            env=process_env(self.env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -117,6 +115,12 @@ class WorkerJob:
             self.process.kill()
         self._pump()
         return self.process.wait()
+
+    def adopt_warm(self, stock: WarmStock) -> None:
+        """Become a warm interpreter of ``stock`` that fits this job, if one does (before
+        ``run``, which then only follows it)."""
+        self.process = stock.take(self.command, process_env(self.env), self.cwd)
+        self.started_warm = self.process is not None
 
     def _pump(self) -> None:
         """Copy the worker's output to its file and keep the tail in memory (a full disk must
@@ -200,17 +204,6 @@ class WorkerJob:
             return self.timeout_file.read_text(errors="replace").strip()
         except OSError:
             return ""
-
-
-def worker_env(spec: ReplicaSpec, extra_pythonpath: Sequence[str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
-    env.update(spec.env)
-    if spec.num_threads is not None:
-        env["OMP_NUM_THREADS"] = str(spec.num_threads)
-    paths = [*extra_pythonpath, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 #: Starts a fresh worker for the pairs a dead one left: (the dead job, pairs done) -> new job.
@@ -550,6 +543,14 @@ class ReplicaPool:
             f"Last lines of its output:\n{job.output_tail()}",
             run_id=run if run != str(job.spec.index) else "",
         )
+
+    def stop(self) -> None:
+        """The session asks for nothing more: serving workers finish their sessions now
+        (teardown, exit) without the parent waiting, so that their exit overlaps what it still
+        does (its summary, its reports). :meth:`close` waits for them."""
+        for slot in self._slots.values():
+            if slot.sender is not None:
+                slot.sender.stop()
 
     def close(self) -> None:
         try:

@@ -20,7 +20,8 @@ from typing import IO, Any
 
 from repro_check.core.paths import is_no_space, no_space_message
 from repro_check.orchestration.channel import COLLECTED, START, STEP, ChannelWriter
-from repro_check.orchestration.executor import EXIT_NO_SPACE, PARENT_PID_ENV
+from repro_check.orchestration.executor import EXIT_NO_SPACE
+from repro_check.orchestration.processes import PARENT_PID_ENV
 
 EXIT_ORPHANED = 70  # the parent died: nobody reads this worker's results any more
 

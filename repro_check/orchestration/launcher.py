@@ -28,11 +28,12 @@ from repro_check.orchestration.executor import (
     cleanup_on_sigterm,
     kill_all_workers,
     python_executable,
-    worker_env,
 )
 from repro_check.orchestration.investigation import TraceWindow
+from repro_check.orchestration.processes import process_env, worker_env
 from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, RunSpec
 from repro_check.orchestration.serving import make_request_file
+from repro_check.orchestration.warm import WarmStock
 
 WORKER_SCHEMA = "repro-check/worker-spec"
 PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent.parent)
@@ -117,6 +118,23 @@ class WorkerLauncher:
     _uninstall: Callable[[], None] | None = field(default=None, repr=False)
     #: Called while a rerun waits for its processes (the front end's progress display).
     on_wait: Callable[[], None] | None = None
+    #: Interpreters started before collection (:meth:`warm_up`), for the session's pool.
+    warm: WarmStock = field(default_factory=WarmStock)
+
+    def warm_up(self, specs: Sequence[ReplicaSpec]) -> None:
+        """Start one interpreter per replica now, with the environment its worker will have,
+        so that ``import torch`` overlaps this session's collection (:mod:`.warm`)."""
+        cwd = str(self.settings.invocation_dir)
+        for spec in specs:
+            self.warm.add(python_executable(), process_env(worker_env(spec, [PACKAGE_PARENT])), cwd)
+        self._cleanup_on_sigterm()
+
+    def start_warm(self, jobs: Sequence[WorkerJob]) -> None:
+        """Make each job the warm interpreter that fits it, if one does; stop those that fit
+        none (the environment changed since :meth:`warm_up`): they are not needed any more."""
+        for job in jobs:
+            job.adopt_warm(self.warm)
+        self.warm.close()
 
     def command(self, nodeids: Sequence[str], spec_path: Path) -> list[str]:
         s = self.settings
@@ -216,6 +234,7 @@ class WorkerLauncher:
     def kill_now(self) -> None:
         """The parent is being terminated: kill every worker, remove the session folder."""
         kill_all_workers()
+        self.warm.close()
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     def _write_spec(
@@ -274,6 +293,8 @@ class WorkerLauncher:
             executor = ThreadPoolExecutor(max_workers=len(jobs))
         elif executor is None:
             executor = ThreadPoolExecutor(max_workers=workers)
+        if serve:  # local processes: those started early can be them
+            self.start_warm(jobs)
         pool = ReplicaPool(jobs, executor, relaunch=self.relaunch, concurrency=workers)
         pool.start()
         return pool
@@ -323,6 +344,7 @@ class WorkerLauncher:
             pool.close()
 
     def close(self) -> None:
+        self.warm.close()
         if self._uninstall is not None:
             self._uninstall()
             self._uninstall = None

@@ -1,5 +1,5 @@
-"""Worker processes at the level of the operating system: dying with the parent, reading their
-output as it comes, and what that output says when one fails (the last lines, or where a fatal
+"""Worker processes at the level of the operating system: their environment, dying with the
+parent, reading their output as it comes, and what that output says when one fails (the last lines, or where a fatal
 error or a timeout stopped it, and how the process ended)."""
 
 from __future__ import annotations
@@ -9,10 +9,23 @@ import functools
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from repro_check.orchestration.replicas import ReplicaSpec
 
 STDERR_TAIL_LINES = 30
 PR_SET_PDEATHSIG = 1
+#: Variables that would make a worker pytest do something else than its job.
+SCRUBBED_ENV = (
+    "PYTEST_ADDOPTS",
+    "PYTEST_XDIST_WORKER",
+    "PYTEST_XDIST_WORKER_COUNT",
+    "PYTEST_CURRENT_TEST",
+)
+#: The worker watches this process id and exits when it is no longer its parent.
+PARENT_PID_ENV = "REPRO_CHECK_PARENT_PID"
 
 
 def describe_exit(returncode: int) -> str:
@@ -92,3 +105,19 @@ def death_signal() -> Callable[[], None] | None:
         prctl(PR_SET_PDEATHSIG, kill, 0, 0, 0)
 
     return set_death_signal
+
+
+def process_env(job_env: Mapping[str, str]) -> dict[str, str]:
+    """A worker process's environment: its job's, and who its parent is (the watchdog)."""
+    return {**job_env, PARENT_PID_ENV: str(os.getpid())}
+
+
+def worker_env(spec: ReplicaSpec, extra_pythonpath: Sequence[str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    env.update(spec.env)
+    if spec.num_threads is not None:
+        env["OMP_NUM_THREADS"] = str(spec.num_threads)
+    paths = [*extra_pythonpath, *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env

@@ -160,6 +160,20 @@ def make_launcher(config: pytest.Config, options: Options) -> WorkerLauncher:
         raise pytest.UsageError(str(exc)) from None
 
 
+def runs_local_replicas(config: pytest.Config, options: Options) -> bool:
+    """Whether this process will start replica workers of its own after collection: it runs
+    tests (not an xdist controller, not --collect-only), in fresh local processes."""
+    xdist_controller = getattr(config.option, "dist", "no") != "no" and not hasattr(
+        config, "workerinput"
+    )
+    return (
+        options.mode == "subprocess"
+        and config.getoption("repro_executor", "local") != "dask"
+        and not config.option.collectonly
+        and not xdist_controller
+    )
+
+
 class ParentSession(SeededSession):
     """``pytest --repro``: runs replicas, judges each marked test, reports."""
 
@@ -212,6 +226,8 @@ class ParentSession(SeededSession):
         self._known: set[str] = set()
         self._guards = ExitStack()
         self._running_item: pytest.Item | None = None  # in-process: the test running now
+        if runs_local_replicas(config, options):
+            self.launcher.warm_up(self.specs)
 
     # --- header
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -247,14 +263,14 @@ class ParentSession(SeededSession):
             return
         nodeids = [item.nodeid for item in session.items if is_repro_item(item)]
         if not nodeids:
+            self.launcher.warm.close()
             return
         variants = extra_jobs(self.pipeline.variants.plan if self.pipeline.variants else [])
         executor = self.cluster.executor
         if executor is None:
-            # Local replicas serve: all start now (their start-up, mostly ``import torch`` and
-            # collection, overlaps) and run each test when this session reaches it, at most
-            # --repro-jobs at a time. Under xdist that is also the only way to share them:
-            # the tests this worker will get are not known yet.
+            # Local replicas serve: all start now, on the interpreters warmed up at configure,
+            # and run each test when this session reaches it, at most --repro-jobs at a time.
+            # Under xdist that is the only way to share them: its tests are not known yet.
             self.pool = self.launcher.pool(
                 nodeids, self.specs, "session", extra=variants, serve=True
             )
@@ -413,8 +429,8 @@ class ParentSession(SeededSession):
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.pool is not None:
-            self.pool.close()
+        if self.pool is not None:  # closed at unconfigure: their exits overlap the summary
+            self.pool.stop()
         self.inprocess.close()
         if getattr(self.config, "cache", None) is not None:
             self.config.cache.set(CACHE_KEY, self.base_seed)

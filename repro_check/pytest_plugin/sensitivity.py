@@ -102,6 +102,14 @@ class SensitivitySession(SeededSession):
         self.inputs: dict[str, dict[str, Any]] = {}
         self.store_messages: list[str] = []
         self._dask: tuple[Any, Any] | None = None
+        if config.getoption("repro_executor") != "dask" and not config.option.collectonly:
+            workers = len(split_round_robin(self.runs, self.jobs))
+            self.launcher.warm_up([self.worker_spec(index) for index in range(workers)])
+
+    def worker_spec(self, index: int) -> ReplicaSpec:
+        # One torch thread per worker, whatever --repro-jobs is: workers then do not fight
+        # over cores, and a run's numbers do not depend on how many ran beside it.
+        return ReplicaSpec(index, num_threads=self.threads, label=f"sweep worker {index}")
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
         return [
@@ -116,6 +124,7 @@ class SensitivitySession(SeededSession):
         items = [item for item in session.items if is_repro_item(item)]
         nodeids = [item.nodeid for item in items]
         if not nodeids:
+            self.launcher.warm.close()
             return
         self.launcher.for_tests(uses_hypothesis(items))
         for item in items:
@@ -139,15 +148,15 @@ class SensitivitySession(SeededSession):
         jobs = []
         run_jobs = {}
         for index, bucket in enumerate(buckets):
-            # One torch thread per worker, whatever --repro-jobs is: workers then do not fight
-            # over cores, and a run's numbers do not depend on how many ran beside it.
-            spec = ReplicaSpec(index, num_threads=self.threads, label=f"sweep worker {index}")
+            spec = self.worker_spec(index)
             jobs.append(
                 self.launcher.job(
                     nodeids, spec, f"sweep-{index}", runs=bucket, skip=skip, metrics_only=True
                 )
             )
             run_jobs.update({run.run_id: index for run in bucket})
+        if self.config.getoption("repro_executor") != "dask":  # local processes
+            self.launcher.start_warm(jobs)
         self.pool = ReplicaPool(
             jobs, self._executor(len(jobs)), run_jobs=run_jobs, relaunch=self.launcher.relaunch
         )
