@@ -66,8 +66,10 @@ def test_a_warm_start_looks_to_the_test_exactly_like_python_dash_m_pytest(tmp_pa
         else:
             stock = WarmStock()
             stock.add(sys.executable, env, str(tmp_path))
-            process = stock.take(command, env, str(tmp_path))
-            assert process is not None and stock.taken == 1 and len(stock) == 0
+            warm = stock.reserve(command, env, str(tmp_path))
+            assert warm is not None and len(stock) == 0
+            process = warm.launch(command)
+            assert process is not None
         output = process.communicate(timeout=120)[0].decode()
         assert process.returncode == 0, output
         seen[how] = json.loads((tmp_path / how).read_text())
@@ -83,11 +85,11 @@ def test_only_a_worker_with_the_same_command_environment_and_folder_takes_it(tmp
     stock.add(sys.executable, env, str(tmp_path))
     waiting = stock._waiting[0].process
     command = pytest_command("t.py")
-    assert stock.take(command, {**env, "PYTHONHASHSEED": "1"}, str(tmp_path)) is None
-    assert stock.take(command, env, str(tmp_path / "elsewhere")) is None
-    assert stock.take([sys.executable, "script.py"], env, str(tmp_path)) is None
-    assert stock.take(["/other/python", "-m", "pytest"], env, str(tmp_path)) is None
-    assert len(stock) == 1 and stock.taken == 0
+    assert stock.reserve(command, {**env, "PYTHONHASHSEED": "1"}, str(tmp_path)) is None
+    assert stock.reserve(command, env, str(tmp_path / "elsewhere")) is None
+    assert stock.reserve([sys.executable, "script.py"], env, str(tmp_path)) is None
+    assert stock.reserve(["/other/python", "-m", "pytest"], env, str(tmp_path)) is None
+    assert len(stock) == 1
     stock.close()  # what nobody took is stopped, not left waiting
     assert exits_within(waiting, 10) is not None
     assert len(stock) == 0
@@ -107,8 +109,9 @@ def test_one_that_died_while_waiting_is_not_handed_the_worker(tmp_path):
     stock.add(sys.executable, env, str(tmp_path))
     stock._waiting[0].process.kill()
     stock._waiting[0].process.wait()
-    assert stock.take(pytest_command("t.py"), env, str(tmp_path)) is None
-    assert stock.taken == 0 and len(stock) == 0
+    warm = stock.reserve(pytest_command("t.py"), env, str(tmp_path))
+    assert warm is not None and len(stock) == 0
+    assert warm.launch(pytest_command("t.py")) is None  # the job then starts it fresh
 
 
 KILLED_PARENT = """
@@ -164,7 +167,7 @@ def test_the_session_pool_starts_on_warm_interpreters_and_its_verdicts_stand(tmp
     assert first is not None and second is not None
     assert [s.step for s in first.steps] == [0, 1, 2]
     assert first.steps[-1].entries == second.steps[-1].entries  # bit for bit
-    assert len(launcher.warm) == 0 and launcher.warm.taken == 2
+    assert len(launcher.warm) == 0
 
 
 def test_a_worker_whose_environment_changed_since_warm_up_starts_fresh(tmp_path, monkeypatch):
@@ -186,3 +189,74 @@ def test_a_worker_whose_environment_changed_since_warm_up_starts_fresh(tmp_path,
         launcher.close()
     assert result.outcome == "passed", result.error
     assert exits_within(waiting, 10) is not None  # the unfit one was stopped at pool start
+
+
+def test_where_torch_does_not_import_the_worker_starts_as_plain_python_dash_m_pytest(tmp_path):
+    broken = tmp_path / "site"
+    (broken / "torch").mkdir(parents=True)
+    (broken / "torch" / "__init__.py").write_text("raise ImportError('no torch here')\n")
+    (tmp_path / "test_probe.py").write_text(
+        "import os, sys\n\n\ndef test_probe():\n"
+        "    with open(os.environ['PROBE_OUT'], 'w') as handle:\n"
+        "        handle.write(repr(['torch' in sys.modules, sys.argv[0]]))\n"
+    )
+    env = clean_env(PYTHONPATH=str(broken), PROBE_OUT=str(tmp_path / "seen"))
+    command = pytest_command("test_probe.py", "-q", "-p", "no:cacheprovider")
+    stock = WarmStock()
+    stock.add(sys.executable, env, str(tmp_path))
+    process = stock.reserve(command, env, str(tmp_path)).launch(command)
+    output = process.communicate(timeout=120)[0].decode()
+    assert process.returncode == 0, output
+    torch_loaded, argv0 = eval((tmp_path / "seen").read_text())
+    assert not torch_loaded  # no half-imported torch left over: a fresh interpreter ran it
+    assert argv0.endswith(os.path.join("pytest", "__main__.py"))
+
+
+def test_a_job_cancelled_before_it_runs_stops_its_reserved_interpreter(tmp_path):
+    launcher = WorkerLauncher(WorkerSettings(tmp_path, tmp_path, 0, 0), tmpdir=tmp_path / "w")
+    spec = ReplicaSpec(0, {"PYTHONHASHSEED": "0"})
+    try:
+        launcher.warm_up([spec])
+        waiting = launcher.warm._waiting[0].process
+        job = launcher.job(["test_x.py::test_x"], spec, "cancelled", serve=True)
+        launcher.start_warm([job])
+        assert job.warm is not None and job.warm.process is waiting
+        job.kill()  # e.g. the session is interrupted before the pool's thread starts it
+        assert exits_within(waiting, 10) is not None
+        assert job.run() == -signal.SIGTERM and job.process is None
+    finally:
+        launcher.close()
+
+
+class FakeConfig:
+    """What warm_starts reads of a pytest config."""
+
+    def __init__(self, *, dist="no", tx=None, worker=False, collectonly=False, executor="local"):
+        self.option = type("Option", (), {"dist": dist, "tx": tx, "collectonly": collectonly})()
+        self._executor = executor
+        if worker:
+            self.workerinput = {"workercount": 2}
+
+    def getoption(self, name, default=None):
+        assert name == "repro_executor"
+        return self._executor
+
+
+@pytest.mark.parametrize(
+    ("config", "warm_start", "subprocess", "expected"),
+    [
+        (FakeConfig(), True, True, True),
+        (FakeConfig(), False, True, False),  # --repro-warm-start=off
+        (FakeConfig(), True, False, False),  # in-process replicas: no workers
+        (FakeConfig(collectonly=True), True, True, False),
+        (FakeConfig(executor="dask"), True, True, False),  # workers start on the cluster
+        (FakeConfig(dist="load", tx=["popen"] * 2), True, True, False),  # xdist controller
+        (FakeConfig(dist="load", tx=["popen"] * 2, worker=True), True, True, True),
+        (FakeConfig(dist="loadgroup"), True, True, True),  # --dist without -n: no xdist
+    ],
+)
+def test_who_warms_up(config, warm_start, subprocess, expected):
+    from repro_check.pytest_plugin.options import Options, warm_starts
+
+    options = Options(True, 2, 0, "subprocess", 1, None, 0, False, warm_start=warm_start)
+    assert warm_starts(config, options, subprocess) is expected

@@ -53,7 +53,7 @@ from repro_check.orchestration.replicas import ReplicaResult, ReplicaSpec, RunSp
 from repro_check.orchestration.serving import RequestQueue, RequestSender
 
 if TYPE_CHECKING:
-    from repro_check.orchestration.warm import WarmStock
+    from repro_check.orchestration.warm import WarmInterpreter
 
 __all__ = ["ReplicaPool", "WorkerJob", "append_channel", "describe_exit"]
 
@@ -87,8 +87,9 @@ class WorkerJob:
     #: A serving worker's request file (:mod:`.serving`): it runs the tests appended there,
     #: not its whole list. None: it runs ``nodeids`` in order and exits.
     requests: Path | None = None
-    #: Whether the process is a warm interpreter (:mod:`.warm`), adopted before ``run``.
-    started_warm: bool = False
+    #: A warm interpreter reserved for this job (:mod:`.warm`), launched by ``run``.
+    warm: WarmInterpreter | None = field(default=None, repr=False)
+    started_warm: bool = False  # whether the process is that interpreter
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     cancelled: bool = False
     _tail: bytes = field(default=b"", repr=False)
@@ -99,10 +100,14 @@ class WorkerJob:
         return {(nodeid, run) for nodeid in self.nodeids for run in runs} - self.skip
 
     def run(self) -> int:
+        warm, self.warm = self.warm, None
         if self.cancelled:
-            self.kill()  # an adopted warm interpreter
+            if warm is not None:
+                warm.discard()
             return -signal.SIGTERM
-        self.process = self.process or subprocess.Popen(
+        launched = warm.launch(self.command) if warm is not None else None
+        self.started_warm = launched is not None
+        self.process = launched or subprocess.Popen(
             self.command,
             cwd=self.cwd,
             env=process_env(self.env),
@@ -115,12 +120,6 @@ class WorkerJob:
             self.process.kill()
         self._pump()
         return self.process.wait()
-
-    def adopt_warm(self, stock: WarmStock) -> None:
-        """Become a warm interpreter of ``stock`` that fits this job, if one does (before
-        ``run``, which then only follows it)."""
-        self.process = stock.take(self.command, process_env(self.env), self.cwd)
-        self.started_warm = self.process is not None
 
     def _pump(self) -> None:
         """Copy the worker's output to its file and keep the tail in memory (a full disk must
@@ -168,6 +167,7 @@ class WorkerJob:
 
     def terminate(self) -> None:
         self.cancelled = True
+        self._drop_warm()
         process = self.process
         if process is not None and process.poll() is None:
             process.terminate()
@@ -179,10 +179,16 @@ class WorkerJob:
     def kill(self) -> None:
         """SIGKILL now (a hung test, or the parent going down); never waits."""
         self.cancelled = True
+        self._drop_warm()
         process = self.process
         if process is not None and process.poll() is None:
             with contextlib.suppress(OSError):
                 process.kill()
+
+    def _drop_warm(self) -> None:
+        warm, self.warm = self.warm, None
+        if warm is not None:  # reserved, not launched yet
+            warm.discard()
 
     def output_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
         text = self._tail.decode("utf-8", "replace")

@@ -130,10 +130,10 @@ class WorkerLauncher:
         self._cleanup_on_sigterm()
 
     def start_warm(self, jobs: Sequence[WorkerJob]) -> None:
-        """Make each job the warm interpreter that fits it, if one does; stop those that fit
-        none (the environment changed since :meth:`warm_up`): they are not needed any more."""
-        for job in jobs:
-            job.adopt_warm(self.warm)
+        """Reserve for each job the warm interpreter that fits it, if one does; stop those that
+        fit none (the environment changed since :meth:`warm_up`): nothing else can use them."""
+        for job in jobs:  # each job's run() hands it the command line, on the pool's thread
+            job.warm = self.warm.reserve(job.command, process_env(job.env), job.cwd)
         self.warm.close()
 
     def command(self, nodeids: Sequence[str], spec_path: Path) -> list[str]:

@@ -20,30 +20,37 @@ from __future__ import annotations
 import contextlib
 import json
 import subprocess
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from repro_check.orchestration.processes import death_signal
 
 #: What a warm interpreter runs: ``python -c BOOT``. Self-contained on purpose (importing
-#: repro_check here would keep pytest from rewriting the plugin's asserts).
+#: repro_check here would keep pytest from rewriting the plugin's asserts). Where torch fails to
+#: import, the worker becomes a plain ``python -m pytest`` (``execv``), which reports it as a
+#: fresh worker would; otherwise it runs pytest as ``-m`` does, in ``__main__``.
 BOOT = """\
-import json, os, runpy, sys
-try:
-    import torch  # noqa: F401 -- the bulk of a worker's start-up
-except BaseException:
-    pass  # the worker's own import of the test module reports it
-line = sys.stdin.buffer.readline()
-if not line:
-    raise SystemExit(0)
-argv = json.loads(line)
-null = os.open(os.devnull, os.O_RDONLY)
-os.dup2(null, 0)
-os.close(null)
-sys.argv = ["-m", *argv]
-sys.path[0] = os.getcwd()
-runpy.run_module("pytest", run_name="__main__", alter_sys=True)
+def _boot():
+    import json, os, sys
+    try:
+        import torch  # noqa: F401 -- the bulk of a worker's start-up
+    except Exception:
+        torch = None
+    line = sys.stdin.buffer.readline()
+    if not line:
+        raise SystemExit(0)  # not needed: the session ended, or started its workers fresh
+    argv = json.loads(line)
+    if torch is None:
+        os.execv(sys.executable, [sys.executable, "-m", "pytest", *argv])
+    null = os.open(os.devnull, os.O_RDWR)  # stdin as subprocess.DEVNULL leaves it
+    os.dup2(null, 0)
+    os.close(null)
+    sys.argv = ["-m", *argv]
+    if not getattr(sys.flags, "safe_path", False):  # where -m puts the folder, -c put ''
+        sys.path[0] = os.getcwd()
+_boot()
+del _boot
+__import__("runpy")._run_module_as_main("pytest")
 """
 #: The start of every worker command a warm interpreter can take over.
 PYTEST_MODULE = ("-m", "pytest")
@@ -115,12 +122,12 @@ def _discard(process: subprocess.Popen[bytes] | None) -> None:
 
 
 class WarmStock:
-    """The warm interpreters a session started, taken by the first workers that fit them."""
+    """The warm interpreters a session started, each reserved by the first worker it fits.
+    Used from the main thread only (configure, collection, unconfigure, the SIGTERM handler):
+    no lock, which a signal handler could deadlock on."""
 
     def __init__(self) -> None:
         self._waiting: list[WarmInterpreter] = []
-        self._lock = threading.Lock()  # workers start on the pool's threads
-        self.taken = 0  # how many workers started warm (tests read it)
 
     def add(self, executable: str, env: Mapping[str, str], cwd: str) -> None:
         try:
@@ -128,26 +135,19 @@ class WarmStock:
         except OSError:  # cannot start processes now: the workers will say why, fresh
             pass
 
-    def take(
+    def reserve(
         self, command: list[str], env: Mapping[str, str], cwd: str
-    ) -> subprocess.Popen[bytes] | None:
-        """A running worker for ``command``, from a waiting interpreter that fits it; None:
-        start it fresh."""
-        with self._lock:
-            warm = next((w for w in self._waiting if w.fits(command, env, cwd)), None)
-            if warm is None:
-                return None
+    ) -> WarmInterpreter | None:
+        """The waiting interpreter that ``command`` in ``env`` and ``cwd`` would start, taken
+        out of the stock (the worker launches it on its own thread); None: start it fresh."""
+        warm = next((w for w in self._waiting if w.fits(command, env, cwd)), None)
+        if warm is not None:
             self._waiting.remove(warm)
-        process = warm.launch(command)
-        if process is not None:
-            with self._lock:
-                self.taken += 1
-        return process
+        return warm
 
     def close(self) -> None:
-        """Stop the interpreters nobody took."""
-        with self._lock:
-            waiting, self._waiting = self._waiting, []
+        """Stop the interpreters nobody reserved."""
+        waiting, self._waiting = self._waiting, []
         for warm in waiting:
             warm.discard()
 

@@ -55,6 +55,14 @@ def add_options(parser: pytest.Parser) -> None:
         help="replicas in fresh interpreters (default) or in this process (faster)",
     )
     group.addoption(
+        "--repro-warm-start",
+        choices=("on", "off"),
+        default=None,
+        help="start the replica interpreters before collection, torch imported, and hand "
+        "them their tests after it (default on; ini repro_warm_start); off: every worker "
+        "starts as a plain `python -m pytest` after collection",
+    )
+    group.addoption(
         "--repro-jobs",
         type=int,
         default=None,
@@ -253,6 +261,7 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("repro_runs", "replicas per test under --repro", default="2")
     parser.addini("repro_seed", "base seed (N, last or random)", default=str(DEFAULT_BASE_SEED))
     parser.addini("repro_mode", "subprocess or inprocess", default="subprocess")
+    parser.addini("repro_warm_start", "on or off", default="on")
     parser.addini(
         "repro_variants", "backend variants for every marked test (comma-separated)", default=""
     )
@@ -314,6 +323,8 @@ class Options:
     resume_at: int | None = None
     #: The run catalog to record the session in (None: none).
     catalog: Path | None = None
+    #: Start worker interpreters before collection (repro_check.orchestration.warm).
+    warm_start: bool = True
 
     @classmethod
     def from_config(cls, config: pytest.Config) -> Options:
@@ -381,6 +392,8 @@ class Options:
             if pick("variant_runs").strip()
             else runs,
             resume_at=_resume_at(config.getoption("repro_resume_at")),
+            warm_start=_choice(pick("warm_start").strip(), ("on", "off"), "repro_warm_start")
+            == "on",
             catalog=catalog_path(
                 pick("catalog"),
                 config.rootpath,
@@ -473,6 +486,24 @@ def default_jobs(runs: int, sessions: int = 1) -> int:
     except ValueError:
         threads = cores
     return max(1, min(runs, cores // max(1, threads)))
+
+
+def warm_starts(config: pytest.Config, options: Options, subprocess: bool = True) -> bool:
+    """Whether this process starts worker interpreters before collection: warm starts are on
+    and it will start local workers after it (``subprocess``: its replicas are not in this
+    process; not an xdist controller, --collect-only or Dask)."""
+    xdist_controller = (
+        getattr(config.option, "dist", "no") != "no"
+        and bool(getattr(config.option, "tx", None))
+        and not hasattr(config, "workerinput")
+    )
+    return (
+        options.warm_start
+        and subprocess
+        and config.getoption("repro_executor", "local") != "dask"
+        and not config.option.collectonly
+        and not xdist_controller
+    )
 
 
 def _xdist_workers(config: pytest.Config) -> int:

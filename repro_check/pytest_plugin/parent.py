@@ -40,7 +40,7 @@ from repro_check.pytest_plugin.items import (
     replica_timeouts,
     uses_hypothesis,
 )
-from repro_check.pytest_plugin.options import CACHE_KEY, Options
+from repro_check.pytest_plugin.options import CACHE_KEY, Options, warm_starts
 from repro_check.pytest_plugin.resume import SessionResumes
 from repro_check.pytest_plugin.seeded import SeededSession, maybe_deterministic
 from repro_check.pytest_plugin.variants import (
@@ -160,20 +160,6 @@ def make_launcher(config: pytest.Config, options: Options) -> WorkerLauncher:
         raise pytest.UsageError(str(exc)) from None
 
 
-def runs_local_replicas(config: pytest.Config, options: Options) -> bool:
-    """Whether this process will start replica workers of its own after collection: it runs
-    tests (not an xdist controller, not --collect-only), in fresh local processes."""
-    xdist_controller = getattr(config.option, "dist", "no") != "no" and not hasattr(
-        config, "workerinput"
-    )
-    return (
-        options.mode == "subprocess"
-        and config.getoption("repro_executor", "local") != "dask"
-        and not config.option.collectonly
-        and not xdist_controller
-    )
-
-
 class ParentSession(SeededSession):
     """``pytest --repro``: runs replicas, judges each marked test, reports."""
 
@@ -226,8 +212,6 @@ class ParentSession(SeededSession):
         self._known: set[str] = set()
         self._guards = ExitStack()
         self._running_item: pytest.Item | None = None  # in-process: the test running now
-        if runs_local_replicas(config, options):
-            self.launcher.warm_up(self.specs)
 
     # --- header
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
@@ -429,8 +413,8 @@ class ParentSession(SeededSession):
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.pool is not None:  # closed at unconfigure: their exits overlap the summary
-            self.pool.stop()
+        if self.pool is not None:  # xdist stops its worker soon; else exits overlap the summary
+            (self.pool.close if hasattr(self.config, "workerinput") else self.pool.stop)()
         self.inprocess.close()
         if getattr(self.config, "cache", None) is not None:
             self.config.cache.set(CACHE_KEY, self.base_seed)
@@ -462,16 +446,17 @@ class ParentSession(SeededSession):
         self.key_tables.update(output.get("repro_key_tables", {}))
 
     def pytest_unconfigure(self) -> None:
-        self.cluster.close()
-        self._guards.close()
-        self.resumes.close()
-        if self.pool is not None:
-            self.pool.close()
-        self._restore_determinism()
-        self.launcher.close()
+        pool = [self.pool.close] if self.pool is not None else []
+        with ExitStack() as closing:  # each runs (the last first) whatever the others raise
+            for close in (self.launcher.close, self._restore_determinism, self.cluster.close):
+                closing.callback(close)
+            for close in (self._guards.close, self.resumes.close, *pool):
+                closing.callback(close)
 
-    # --- a test that ends the interpreter (in-process mode)
+    # --- warm interpreters; in-process mode: a test that ends the interpreter
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if warm_starts(self.config, self.options, self.subprocess):  # not at configure: --help
+            self.launcher.warm_up(self.specs)
         if not self.subprocess:
             self._guards.enter_context(on_interpreter_exit(partial(report_interpreter_exit, self)))
 

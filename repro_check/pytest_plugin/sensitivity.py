@@ -44,7 +44,7 @@ from repro_check.pytest_plugin.items import (
     target_of,
     uses_hypothesis,
 )
-from repro_check.pytest_plugin.options import Options
+from repro_check.pytest_plugin.options import Options, warm_starts
 from repro_check.pytest_plugin.parent import live_progress, worker_settings
 from repro_check.pytest_plugin.seeded import SeededSession
 from repro_check.pytest_plugin.worker import runtime_summary
@@ -102,7 +102,9 @@ class SensitivitySession(SeededSession):
         self.inputs: dict[str, dict[str, Any]] = {}
         self.store_messages: list[str] = []
         self._dask: tuple[Any, Any] | None = None
-        if config.getoption("repro_executor") != "dask" and not config.option.collectonly:
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        if warm_starts(self.config, self.options):  # sweeps always run in fresh processes
             workers = len(split_round_robin(self.runs, self.jobs))
             self.launcher.warm_up([self.worker_spec(index) for index in range(workers)])
 
