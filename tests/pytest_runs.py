@@ -23,6 +23,15 @@ DROPPED_ENV = (
 _SECTION_END = re.compile(r"(_{3,} \S+ _{3,}|={3,} .* ={3,}|-{3,} .* -{3,})")
 
 
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a container's init may not reap orphans); reads /proc."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DROPPED_ENV}
     env.update(extra)

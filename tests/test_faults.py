@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from pytest_runs import Finished, clean_env
+from pytest_runs import Finished, clean_env, running
 
 from repro_check.cli import main as cli_main
 from repro_check.core.checkpoint import load_checkpoint, save_checkpoint
@@ -796,15 +796,6 @@ def test_sleeps(repro):
     os.replace(path + ".tmp", path)
     time.sleep(120)
 """
-
-
-def running(pid: int) -> bool:
-    """Alive and not a zombie (a container's init may not reap orphans)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "\nState:\tZ" not in status
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")

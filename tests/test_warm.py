@@ -11,15 +11,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+from pytest_runs import clean_env, linear_sgd_test, running
 
 from repro_check.orchestration.launcher import PACKAGE_PARENT, WorkerLauncher, WorkerSettings
 from repro_check.orchestration.processes import process_env, worker_env
 from repro_check.orchestration.replicas import ReplicaSpec
 from repro_check.orchestration.warm import WarmInterpreter, WarmStock
-from tests.pytest_runs import clean_env, linear_sgd_test
 
 PROBE = """
 import json, os, sys
@@ -136,15 +135,9 @@ def test_a_parent_killed_during_collection_leaves_no_warm_interpreter(tmp_path):
     os.kill(parent.pid, signal.SIGKILL)
     parent.wait()
     deadline = time.monotonic() + 30
-    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
-        status = Path(f"/proc/{pid}/status").read_text(errors="replace")
-        if "\nState:\tZ" in status:  # exited; only the container's init has not reaped it
-            break
+    while running(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    alive = Path(f"/proc/{pid}").exists() and "\nState:\tZ" not in Path(
-        f"/proc/{pid}/status"
-    ).read_text(errors="replace")
-    assert not alive
+    assert not running(pid)
 
 
 def test_the_session_pool_starts_on_warm_interpreters_and_its_verdicts_stand(tmp_path):

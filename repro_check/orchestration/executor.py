@@ -100,11 +100,10 @@ class WorkerJob:
         return {(nodeid, run) for nodeid in self.nodeids for run in runs} - self.skip
 
     def run(self) -> int:
-        warm, self.warm = self.warm, None
         if self.cancelled:
-            if warm is not None:
-                warm.discard()
+            self._drop_warm()
             return -signal.SIGTERM
+        warm, self.warm = self.warm, None
         launched = warm.launch(self.command) if warm is not None else None
         self.started_warm = launched is not None
         self.process = launched or subprocess.Popen(
@@ -561,7 +560,8 @@ class ReplicaPool:
     def close(self) -> None:
         try:
             busy = {index for index, _ in self._requests.in_flight} if self._requests else set()
-            _stop_serving(list(self._slots.values()), busy)
+            self.stop()
+            _await_serving(list(self._slots.values()), busy)
         finally:  # interrupted while waiting: the workers still go (and cleanup still sees them)
             for slot in self._slots.values():
                 slot.job.terminate()
@@ -574,13 +574,11 @@ class ReplicaPool:
 STOP_GRACE_S = 10.0
 
 
-def _stop_serving(slots: Sequence[_Slot], busy: set[int]) -> None:
-    """Ask serving workers to finish their sessions (fixture teardown, spill flushed).
-    Idle ones get a grace period; one still in a test (``busy``: the session was interrupted,
-    or stopped at its first failure) is terminated by the caller at once."""
+def _await_serving(slots: Sequence[_Slot], busy: set[int]) -> None:
+    """Wait for serving workers, told to stop, to finish their sessions (fixture teardown,
+    spill flushed). Idle ones get a grace period; one still in a test (``busy``: the session
+    was interrupted, or stopped at its first failure) is terminated by the caller at once."""
     serving = [slot for slot in slots if slot.sender is not None]
-    for slot in serving:
-        slot.sender.stop()  # type: ignore[union-attr]
     deadline = time.monotonic() + STOP_GRACE_S
     for slot in serving:
         if slot.future is not None and slot.job.spec.index not in busy:

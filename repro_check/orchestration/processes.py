@@ -1,6 +1,6 @@
 """Worker processes at the level of the operating system: their environment, dying with the
-parent, reading their output as it comes, and what that output says when one fails (the last lines, or where a fatal
-error or a timeout stopped it, and how the process ended)."""
+parent, reading their output as it comes, and what that output says when one fails (the last
+lines, or where a fatal error or a timeout stopped it, and how the process ended)."""
 
 from __future__ import annotations
 

@@ -1,18 +1,21 @@
 """Warm interpreters: replica processes started before the session knows its tests.
 
 Most of a worker's start-up is ``import torch`` (about 1.3 s of 2.2 s on the reference
-machine), and none of it depends on which tests the worker will run. So the parent starts one
-interpreter per replica as soon as it is configured, with the environment that replica's worker
-will have; each imports torch and then waits for its pytest command line on stdin. When the
-pool starts after collection, a worker whose environment and directory match a waiting
-interpreter's exactly is handed to it (``python -m pytest`` semantics: the same ``sys.argv`` and
-``sys.path[0]``); any other worker, and any worker whose interpreter died, starts fresh, so a
-warm start can only save time, never change what runs.
+machine), and none of it depends on which tests the worker will run. So at session start, before
+collection, the parent starts one interpreter per replica with the environment that replica's
+worker will have; each imports torch and then waits for its pytest command line on stdin. When
+the pool starts after collection, a worker whose command, environment and directory match a
+waiting interpreter's exactly is handed to it and runs pytest as ``python -m pytest`` would
+(the same ``sys.argv``, ``sys.path[0]`` and ``__main__``); any other worker, and any worker whose
+interpreter died, starts fresh.
 
-Only torch (and numpy, which it imports) is imported early: pytest plugins must be imported by
-pytest itself, which rewrites their asserts. An interpreter that is never handed a command
-line (no marked test was collected, the environment changed during collection) reads end of
-file when the parent closes its stdin or dies, and exits.
+Only torch (and what it imports) is imported early: pytest plugins must be imported by pytest
+itself, which rewrites their asserts. That is the one difference a test can see: torch was
+loaded before pytest and the conftests, so a conftest that configures torch's libraries before
+importing torch (threadpoolctl limits) acts on them here only -- ``--repro-warm-start=off``.
+An interpreter that is never handed a command line (no marked test was collected, the
+environment changed during collection) reads end of file when the parent closes its stdin or
+dies, and exits.
 """
 
 from __future__ import annotations
